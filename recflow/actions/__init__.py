@@ -1,0 +1,1 @@
+"""The built-in actions, each a default plugin of its own."""

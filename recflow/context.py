@@ -37,3 +37,15 @@ class StepContext:
     provider: ProviderConfig
     logger: logging.Logger
     secrets: frozenset[str] = frozenset()
+
+    def open_media(self, fmt: str | None = None) -> Any:
+        """Open the recording's audio as a stream: a context manager.
+
+        `fmt` is `"wav"`, `"mp3"` or None (the URL as the provider sent
+        it). The stream is fetched only from the provider's own origin,
+        with its credentials; see `recflow.media.open_media` for what the
+        yielded object offers.
+        """
+        from recflow.media import open_media
+
+        return open_media(self.event.recording_url, self.provider, fmt)

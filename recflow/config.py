@@ -13,8 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import jsonschema
+import yaml
+
+from recflow.errors import ConfigError, join_path
+from recflow.rules import compile_when, describe
+from recflow.schema import CONFIG_SCHEMA
+from recflow.secrets import Redactor
+from recflow.templates import compile_params
+
+if TYPE_CHECKING:
+    from recflow.plugins import ActionSpec
 
 DEFAULT_BACKEND = "sqlite:///./var/recflow.db"
 
@@ -104,3 +118,504 @@ class Config:
             if rule.name == name:
                 return rule
         return None
+
+
+# -- loading -------------------------------------------------------------------
+
+_BASE_VALIDATOR = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
+
+# ${NAME}, ${NAME:-default}; $${...} stays literal (written as ${...}).
+_REFERENCE = re.compile(r"(\$?)\$\{([^}]*)\}")
+_WHOLE_REFERENCE = re.compile(r"\$\{[^}]*\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:([^\s/@]+)@")
+_TYPE_WORDS = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+_BOUND_WORDS = {
+    "minimum": "at least",
+    "maximum": "at most",
+    "exclusiveMinimum": "more than",
+    "exclusiveMaximum": "less than",
+}
+
+
+def load(path: str, actions: Mapping[str, ActionSpec]) -> Config:
+    """Read, check and compile the config file at `path`.
+
+    `actions` is what rules may name (`build_plugin_manager().actions`).
+    Raises one `ConfigError` (the first problem, in file order, with the
+    rest in `.others`) and returns nothing half-loaded. Messages never
+    contain a secret.
+    """
+    return _Loader(path, actions).load()
+
+
+class _Loader:
+    """One load of one file: its line map, its secrets, its errors so far."""
+
+    def __init__(self, path: str, actions: Mapping[str, ActionSpec]) -> None:
+        self.file = path
+        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.actions = actions
+        self.lines: dict[str, int] = {}
+        self.secrets: set[str] = set()
+        self.errors: list[ConfigError] = []
+
+    def load(self) -> Config:
+        try:
+            with open(self.file, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"cannot read the config file: {_reason(exc)}", file=self.file
+            ) from None
+
+        doc = self._parse(text)
+        if not isinstance(doc, dict):
+            self._fail(f"found {describe(doc)} at the top; expected a mapping with providers:", "")
+        self._validate(doc, _BASE_VALIDATOR, "")
+        self._raise_if_any()
+
+        server = self._server(doc.get("server") or {})
+        providers = self._providers(doc["providers"])
+        backend = self._backend(doc.get("backend", DEFAULT_BACKEND))
+        rules = self._rules(doc.get("rules") or [])
+        self._raise_if_any()
+        return Config(
+            path=self.file,
+            server=server,
+            providers=providers,
+            backend=backend,
+            workers=doc.get("workers", 4),
+            rules=rules,
+            secrets=frozenset(self.secrets),
+        )
+
+    # -- errors --------------------------------------------------------------
+
+    def _error(self, message: str, path: str, line: int | None = None) -> None:
+        self.errors.append(
+            ConfigError(message, file=self.file, line=line or self._line(path), path=path or None)
+        )
+
+    def _fail(self, message: str, path: str, line: int | None = None) -> NoReturn:
+        self._error(message, path, line)
+        self._raise_if_any()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _relocate(self, exc: ConfigError) -> None:
+        self._error(exc.message, exc.path or "", exc.line)
+
+    def _raise_if_any(self) -> None:
+        if not self.errors:
+            return
+        redactor = Redactor(self.secrets)
+        found = sorted(self.errors, key=lambda e: e.line or 0)
+        masked = [
+            ConfigError(redactor.mask(e.message), file=e.file, line=e.line, path=e.path)
+            for e in found
+        ]
+        raise ConfigError(
+            masked[0].message,
+            file=masked[0].file,
+            line=masked[0].line,
+            path=masked[0].path,
+            others=masked[1:],
+        )
+
+    def _line(self, path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.lines.get("")
+
+    # -- YAML, with lines and environment values -----------------------------
+
+    def _parse(self, text: str) -> Any:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            return self._build(loader, node, "")
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            problem = exc.problem or exc.context or "cannot parse"
+            self._fail(f"YAML syntax: {problem}", "", line)
+        except yaml.YAMLError as exc:
+            self._fail(f"YAML: {exc}", "")
+        except RecursionError:
+            self._fail("YAML: a self-referencing alias; expected plain data", "")
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: str) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = str(loader.construct_object(key_node, deep=True))
+                child = join_path(path, key)
+                if key in out:
+                    self._error(
+                        f"duplicate key {key!r}; each key may appear once",
+                        child,
+                        key_node.start_mark.line + 1,
+                    )
+                    continue
+                self.lines[child] = key_node.start_mark.line + 1
+                out[key] = self._build(loader, value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                child = join_path(path, index)
+                self.lines[child] = item.start_mark.line + 1
+                items.append(self._build(loader, item, child))
+            return items
+        value = loader.construct_object(node, deep=True)
+        if isinstance(value, str) and "${" in value:
+            value = self._substitute(loader, node, value, path)
+        return value
+
+    def _substitute(self, loader: yaml.SafeLoader, node: yaml.Node, text: str, path: str) -> Any:
+        line = node.start_mark.line + 1
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(1):
+                return match.group(0)[1:]
+            name, has_default, default = match.group(2).partition(":-")
+            if not _NAME.fullmatch(name):
+                self._error(
+                    f"malformed reference ${{{match.group(2)}}};"
+                    " expected ${NAME} or ${NAME:-default}",
+                    path,
+                    line,
+                )
+                return ""
+            value = os.environ.get(name)
+            if not value and has_default:
+                return default
+            if value is None:
+                self._error(
+                    f"environment variable {name} is not set;"
+                    f" set it, or write ${{{name}:-default}}",
+                    path,
+                    line,
+                )
+                return ""
+            if value:
+                self.secrets.add(value)
+            return value
+
+        result = _REFERENCE.sub(replace, text)
+        # A plain (unquoted) `workers: ${WORKERS}` should be a number, as if
+        # written in place; quoted strings and credentials stay strings.
+        plain = getattr(node, "style", None) is None
+        if plain and _WHOLE_REFERENCE.fullmatch(text) and not path.startswith("providers"):
+            tag = loader.resolve(yaml.ScalarNode, result, (True, False))
+            return loader.construct_object(yaml.ScalarNode(tag, result), deep=True)
+        return result
+
+    # -- schema ----------------------------------------------------------------
+
+    def _validate(self, instance: Any, validator: Any, prefix: str) -> None:
+        """Report the most relevant schema error of each section of `instance`."""
+        groups: dict[tuple[Any, ...], list[jsonschema.ValidationError]] = {}
+        for error in validator.iter_errors(instance):
+            groups.setdefault(tuple(error.absolute_path)[:2], []).append(error)
+        taken = {e.path for e in self.errors if e.path}
+        for errors in groups.values():
+            best = jsonschema.exceptions.best_match(errors)
+            if best is None:
+                continue
+            message, path = self._describe_schema_error(best, prefix)
+            # An unset variable already explains the empty value found there.
+            if not any(path == t or path.startswith(t + ".") for t in taken):
+                self._error(message, path)
+
+    def _describe_schema_error(
+        self, error: jsonschema.ValidationError, prefix: str
+    ) -> tuple[str, str]:
+        path = prefix
+        for part in error.absolute_path:
+            path = join_path(path, part)
+        kind, expected, found = error.validator, error.validator_value, error.instance
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        if kind == "additionalProperties" and isinstance(found, dict):
+            allowed = sorted(schema.get("properties", {}))
+            patterns = list(schema.get("patternProperties", {}))
+            extra = [
+                k for k in found if k not in allowed and not any(re.search(p, k) for p in patterns)
+            ]
+            key = extra[0] if extra else "?"
+            return f"unknown key {key!r}; accepted: {', '.join(allowed)}", join_path(path, key)
+        if kind == "required" and isinstance(found, dict):
+            missing = [k for k in expected if k not in found]
+            return f"missing key {missing[0] if missing else expected!r}", path
+        if kind == "type":
+            wanted = [expected] if isinstance(expected, str) else list(expected)
+            words = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted)
+            return f"found {describe(found)}; expected {words}", path
+        if kind in ("enum", "const"):
+            values = expected if kind == "enum" else [expected]
+            return f"found {describe(found)}; accepted: {', '.join(map(str, values))}", path
+        if kind in _BOUND_WORDS:
+            return f"found {describe(found)}; expected {_BOUND_WORDS[kind]} {expected}", path
+        if kind == "minLength":
+            return f"found {describe(found)}; expected a non-empty string", path
+        if kind == "minItems":
+            return f"found {describe(found)}; expected at least {expected} item(s)", path
+        if kind == "pattern":
+            shape = schema.get("description") or f"a string matching {expected}"
+            return f"found {describe(found)}; expected {shape}", path
+        return " ".join(error.message.split()), path
+
+    # -- sections ------------------------------------------------------------
+
+    def _server(self, raw: dict[str, Any]) -> ServerConfig:
+        proxies = []
+        for index, value in enumerate(raw.get("trusted_proxies", [])):
+            try:
+                proxies.append(ipaddress.ip_network(value))
+            except ValueError as exc:
+                self._error(
+                    f"found {describe(value)}: {exc}; expected an address or network"
+                    " such as 10.0.0.0/8",
+                    join_path("server.trusted_proxies", index),
+                )
+        defaults = ServerConfig()
+        return ServerConfig(
+            listen=raw.get("listen", defaults.listen),
+            path=raw.get("path", defaults.path),
+            public_url=raw.get("public_url"),
+            trusted_proxies=tuple(proxies),
+            max_body_bytes=raw.get("max_body_bytes", defaults.max_body_bytes),
+            verify_signatures=raw.get("verify_signatures", True),
+        )
+
+    def _providers(self, raw: list[dict[str, Any]]) -> tuple[ProviderConfig, ...]:
+        providers: list[ProviderConfig] = []
+        names: dict[str, int] = {}
+        accounts: dict[str, str] = {}
+        for index, item in enumerate(raw):
+            path = join_path("providers", index)
+            kind = item["kind"]
+            name = item.get("name", kind)
+            if name in names:
+                self._error(
+                    f"duplicate provider name {name!r} (also providers[{names[name]}]);"
+                    " give each provider its own name",
+                    join_path(path, "name"),
+                )
+            names.setdefault(name, index)
+            account = item["account_sid"]
+            if account in accounts:
+                self._error(
+                    f"this account_sid is also provider {accounts[account]!r}'s;"
+                    " each account may be listed once",
+                    join_path(path, "account_sid"),
+                )
+            accounts.setdefault(account, name)
+
+            space = item.get("space")
+            keys = item.get("signing_key", [])
+            keys = [keys] if isinstance(keys, str) else list(keys)
+            if kind == "signalwire":
+                for required in ("space", "signing_key"):
+                    if required not in item:
+                        self._error(
+                            f"missing key {required!r}; a signalwire provider needs"
+                            " space (e.g. example.signalwire.com) and signing_key",
+                            path,
+                        )
+                if space and "." not in space:
+                    space = f"{space}.signalwire.com"
+                default_url = f"https://{space}/api/laml/2010-04-01"
+            else:
+                if space is not None:
+                    self._error(
+                        "space is for signalwire providers only; remove it",
+                        join_path(path, "space"),
+                    )
+                keys = keys or [item["api_token"]]
+                default_url = "https://api.twilio.com/2010-04-01"
+
+            self.secrets.add(item["api_token"])
+            self.secrets.update(keys)
+            providers.append(
+                ProviderConfig(
+                    name=name,
+                    kind=kind,
+                    account_sid=account,
+                    api_token=item["api_token"],
+                    signing_keys=tuple(keys),
+                    api_url=item.get("api_url", default_url).rstrip("/"),
+                    space=space,
+                )
+            )
+        return tuple(providers)
+
+    def _backend(self, url: str) -> str:
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+            target = os.path.normpath(os.path.join(self.base_dir, url[len(prefix) :]))
+            return prefix + target
+        return url
+
+    def _rules(self, raw: list[dict[str, Any]]) -> tuple[RuleConfig, ...]:
+        rules: list[RuleConfig] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(raw):
+            path = join_path("rules", index)
+            name = item["name"]
+            if name in seen:
+                self._error(
+                    f"duplicate rule name {name!r} (also rules[{seen[name]}]);"
+                    " rule names must be unique",
+                    join_path(path, "name"),
+                )
+            seen.setdefault(name, index)
+            when = None
+            if "when" in item:
+                try:
+                    when = compile_when(item["when"], join_path(path, "when"))
+                except ConfigError as exc:
+                    self._relocate(exc)
+            rules.append(
+                RuleConfig(
+                    name=name,
+                    when=when,
+                    steps=self._steps(item["steps"], join_path(path, "steps")),
+                    stop=item.get("stop", False),
+                    line=self._line(path),
+                )
+            )
+        return tuple(rules)
+
+    def _steps(self, raw: list[dict[str, Any]], path: str) -> tuple[StepConfig, ...]:
+        steps: list[StepConfig] = []
+        ids: set[str] = set()
+        stored = False
+        for index, item in enumerate(raw):
+            here = join_path(path, index)
+            action = item["action"]
+            step_id = item.get("id")
+            if step_id is not None:
+                if step_id in ids:
+                    self._error(
+                        f"duplicate step id {step_id!r}; ids must be unique within a rule",
+                        join_path(here, "id"),
+                    )
+                ids.add(step_id)
+            if action == "delete" and not stored:
+                self._error(
+                    "delete has no store step before it in this rule; delete runs"
+                    " only after a verified store, so add a store step first",
+                    join_path(here, "action"),
+                )
+            stored = stored or action == "store"
+
+            params = self._resolve_paths(item.get("with", {}))
+            self._collect_url_passwords(params)
+            spec = self.actions.get(action)
+            if spec is None:
+                known = ", ".join(sorted(self.actions)) or "none"
+                self._error(
+                    f"unknown action {action!r}; known actions: {known}",
+                    join_path(here, "action"),
+                )
+            else:
+                self._validate(params, _action_validator(spec), join_path(here, "with"))
+            try:
+                compiled = compile_params(params, join_path(here, "with"), self.lines)
+            except ConfigError as exc:
+                self._relocate(exc)
+                compiled = compile_params({}, "")
+
+            retry = item.get("retry", {})
+            steps.append(
+                StepConfig(
+                    index=index,
+                    action=action,
+                    id=step_id,
+                    params=compiled,
+                    raw_params=params,
+                    retry=RetryPolicy(
+                        attempts=retry.get("attempts", RetryPolicy.attempts),
+                        backoff=float(retry.get("backoff", RetryPolicy.backoff)),
+                    ),
+                    line=self._line(here),
+                )
+            )
+        return tuple(steps)
+
+    def _resolve_paths(self, value: Any) -> Any:
+        """`file://./x` and `file://../x` made relative to the config's directory."""
+        if isinstance(value, str):
+            return _resolve_file_url(value, self.base_dir)
+        if isinstance(value, dict):
+            return {k: self._resolve_paths(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve_paths(v) for v in value]
+        return value
+
+    def _collect_url_passwords(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.secrets.update(_URL_PASSWORD.findall(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                self._collect_url_passwords(item)
+        elif isinstance(value, list):
+            for item in value:
+                self._collect_url_passwords(item)
+
+
+def _resolve_file_url(value: str, base_dir: str) -> str:
+    prefix = "file://"
+    if not value.startswith((prefix + "./", prefix + "../")):
+        return value
+    rest, base = value[len(prefix) :], base_dir
+    while True:
+        if rest.startswith("./"):
+            rest = rest[2:]
+        elif rest.startswith("../"):
+            rest, base = rest[3:], os.path.dirname(base)
+        else:
+            break
+    return prefix + base.rstrip("/") + "/" + rest
+
+
+_VALIDATORS: dict[int, Any] = {}
+
+
+def _action_validator(spec: ActionSpec) -> Any:
+    """A validator for an action's `with:` schema, built once per schema."""
+    key = id(spec.schema)
+    if key not in _VALIDATORS:
+        try:
+            jsonschema.Draft202012Validator.check_schema(spec.schema)
+        except jsonschema.SchemaError as exc:
+            raise ConfigError(
+                f"action {spec.name!r} of plugin {spec.plugin or '?'} has an invalid"
+                f" schema: {exc.message}"
+            ) from None
+        _VALIDATORS[key] = jsonschema.Draft202012Validator(spec.schema)
+    return _VALIDATORS[key]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

@@ -3,6 +3,8 @@
     RecflowError
     ├── ConfigError          the config file (or a template in it) is wrong;
     │                        carries file, line and key path
+    ├── TemplateError        a step's parameters cannot be rendered for an
+    │                        event (an undefined name, a failing filter)
     ├── RequestError         a callback cannot be accepted; carries the HTTP
     │                        status and a one-line public reason
     ├── BackendError         the queue or journal cannot commit (HTTP 503)
@@ -15,6 +17,8 @@ Domain errors become click errors only in `recflow.cli`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class RecflowError(Exception):
     """Base of every error recflow raises on purpose."""
@@ -23,7 +27,9 @@ class RecflowError(Exception):
 class ConfigError(RecflowError):
     """A config problem, located as precisely as the loader can.
 
-    `str()` gives one line: ``file:line: key.path: message``.
+    `str()` gives one line: ``file:line: key.path: message``. When the
+    loader found several problems at once, this error is the first and
+    `others` holds the rest, so `recflow check` can list them all.
     """
 
     def __init__(
@@ -33,12 +39,19 @@ class ConfigError(RecflowError):
         file: str | None = None,
         line: int | None = None,
         path: str | None = None,
+        others: Sequence[ConfigError] = (),
     ) -> None:
         self.message = message
         self.file = file
         self.line = line
         self.path = path
+        self.others = tuple(others)
         super().__init__(str(self))
+
+    @property
+    def all(self) -> tuple[ConfigError, ...]:
+        """This error and the others found with it, in file order."""
+        return (self, *self.others)
 
     def __str__(self) -> str:
         where = ""
@@ -46,6 +59,10 @@ class ConfigError(RecflowError):
             where = self.file + (f":{self.line}" if self.line else "") + ": "
         key = f"{self.path}: " if self.path else ""
         return f"{where}{key}{self.message}"
+
+
+class TemplateError(RecflowError):
+    """A step's parameters could not be rendered; the message is one line."""
 
 
 class RequestError(RecflowError):
@@ -72,3 +89,15 @@ class ActionError(RecflowError):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         self.permanent = permanent
         super().__init__(message)
+
+
+def join_path(parent: str, key: str | int) -> str:
+    """The key path of `key` inside `parent`, as config errors spell it.
+
+    `join_path("rules", 0)` is ``rules[0]``; `join_path("rules[0]", "when")`
+    is ``rules[0].when``. The loader, the rules and the templates all build
+    paths with it, so an error's path finds its line in the loader's map.
+    """
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key

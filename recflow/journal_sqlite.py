@@ -1,0 +1,403 @@
+"""The journal in SQLite, in the same file as Huey's queue.
+
+WAL mode with `synchronous=FULL`: a commit returns only once it is on disk,
+so an event the receiver acknowledged survives `kill -9` and a power cut.
+Writers take the write lock up front (`BEGIN IMMEDIATE`) so that two
+processes sharing the file never deadlock upgrading a read lock; each
+thread has its own connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from recflow.errors import BackendError
+from recflow.journal import Claim, Journal, NewEvent, Owner
+from recflow.queue import StepKey
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = (
+    """create table if not exists journal_events (
+        id text primary key,
+        account_sid text not null,
+        recording_sid text not null,
+        status text not null,
+        received_at real not null,
+        data text not null,
+        rules text not null)""",
+    "create index if not exists journal_events_received on journal_events (received_at)",
+    """create table if not exists journal_steps (
+        event_id text not null,
+        rule text not null,
+        idx integer not null,
+        rule_pos integer not null,
+        step_id text,
+        action text not null,
+        state text not null,
+        attempts integer not null default 0,
+        next_at real not null,
+        lease_until real,
+        owner text,
+        error text,
+        outputs text,
+        updated_at real not null,
+        primary key (event_id, rule, idx))""",
+    "create index if not exists journal_steps_state on journal_steps (state, next_at)",
+    """create table if not exists journal_runs (
+        event_id text not null,
+        rule text not null,
+        idx integer not null,
+        attempt integer not null,
+        started_at real not null,
+        ended_at real,
+        outcome text not null,
+        error text,
+        outputs text)""",
+    "create index if not exists journal_runs_step on journal_runs (event_id, rule, idx)",
+)
+
+
+class SqliteJournal(Journal):
+    """The journal tables in one SQLite file shared by every process."""
+
+    def __init__(self, path: str, busy_timeout: float = 10.0) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        try:
+            with self._write() as conn:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise BackendError(f"cannot open the journal {path}: {exc}") from exc
+
+    # -- connections ------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("begin immediate")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+        except sqlite3.Error as exc:
+            raise BackendError(f"journal: {exc}") from exc
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise BackendError(f"journal: {exc}") from exc
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def ping(self) -> bool:
+        try:
+            return self._read("select 1") == [(1,)]
+        except BackendError:
+            return False
+
+    # -- the receiver -----------------------------------------------------
+
+    def record(self, events: Sequence[NewEvent], now: float) -> list[bool]:
+        fresh: list[bool] = []
+        with self._write() as conn:
+            for event in events:
+                cursor = conn.execute(
+                    "insert or ignore into journal_events values (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event.id,
+                        event.data["account_sid"],
+                        event.data["recording_sid"],
+                        event.data["status"],
+                        event.received_at,
+                        json.dumps(event.data),
+                        json.dumps(list(event.rules)),
+                    ),
+                )
+                fresh.append(cursor.rowcount == 1)
+                if cursor.rowcount != 1:
+                    continue
+                for pos, (rule, action, step_id) in enumerate(event.first_steps):
+                    conn.execute(
+                        "insert into journal_steps (event_id, rule, idx, rule_pos, step_id,"
+                        " action, state, next_at, updated_at)"
+                        " values (?, ?, 0, ?, ?, ?, 'queued', ?, ?)",
+                        (event.id, rule, pos, step_id, action, now, now),
+                    )
+        return fresh
+
+    # -- workers ------------------------------------------------------------
+
+    def claim(self, key: StepKey, owner: Owner, lease: float, now: float) -> Claim | None:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "update journal_steps set state = 'running', attempts = attempts + 1,"
+                " lease_until = ?, owner = ?, updated_at = ?"
+                " where event_id = ? and rule = ? and idx = ?"
+                " and ((state = 'queued' and next_at <= ?)"
+                " or (state = 'running' and lease_until <= ?))",
+                (now + lease, str(owner), now, *key, now, now),
+            )
+            if cursor.rowcount != 1:
+                return None
+            conn.execute(
+                "update journal_runs set ended_at = ?, outcome = 'lost',"
+                " error = 'the worker running it stopped'"
+                " where event_id = ? and rule = ? and idx = ? and ended_at is null",
+                (now, *key),
+            )
+            (attempt,) = conn.execute(
+                "select attempts from journal_steps where event_id = ? and rule = ? and idx = ?",
+                key,
+            ).fetchone()
+            conn.execute(
+                "insert into journal_runs (event_id, rule, idx, attempt, started_at, outcome)"
+                " values (?, ?, ?, ?, ?, 'running')",
+                (*key, attempt, now),
+            )
+            (data,) = conn.execute(
+                "select data from journal_events where id = ?", (key.event_id,)
+            ).fetchone()
+            previous = conn.execute(
+                "select action, step_id, outputs from journal_steps"
+                " where event_id = ? and rule = ? and idx < ? and state = 'done' order by idx",
+                key,
+            ).fetchall()
+        return Claim(
+            key=key,
+            attempt=attempt,
+            event=json.loads(data),
+            previous=tuple((a, s, json.loads(o or "{}")) for a, s, o in previous),
+        )
+
+    def renew(self, keys: Sequence[StepKey], owner: Owner, lease_until: float) -> None:
+        with self._write() as conn:
+            for key in keys:
+                conn.execute(
+                    "update journal_steps set lease_until = ?"
+                    " where event_id = ? and rule = ? and idx = ?"
+                    " and state = 'running' and owner = ?",
+                    (lease_until, *key, str(owner)),
+                )
+
+    def succeed(
+        self,
+        claim: Claim,
+        owner: Owner,
+        outputs: Mapping[str, Any],
+        now: float,
+        next_step: tuple[str, str | None] | None,
+    ) -> bool:
+        text = json.dumps(outputs, default=str)
+        key = claim.key
+        with self._write() as conn:
+            self._end_run(conn, claim, now, "done", None, text)
+            cursor = conn.execute(
+                "update journal_steps set state = 'done', outputs = ?, error = null,"
+                " lease_until = null, owner = null, updated_at = ?"
+                " where event_id = ? and rule = ? and idx = ?"
+                " and state = 'running' and owner = ? and attempts = ?",
+                (text, now, *key, str(owner), claim.attempt),
+            )
+            if cursor.rowcount != 1:
+                return False
+            if next_step is not None:
+                action, step_id = next_step
+                conn.execute(
+                    "insert or ignore into journal_steps (event_id, rule, idx, rule_pos,"
+                    " step_id, action, state, next_at, updated_at)"
+                    " select event_id, rule, idx + 1, rule_pos, ?, ?, 'queued', ?, ?"
+                    " from journal_steps where event_id = ? and rule = ? and idx = ?",
+                    (step_id, action, now, now, *key),
+                )
+        return True
+
+    def fail(
+        self, claim: Claim, owner: Owner, error: str, now: float, retry_at: float | None
+    ) -> bool:
+        key = claim.key
+        with self._write() as conn:
+            self._end_run(conn, claim, now, "error" if retry_at else "failed", error, None)
+            cursor = conn.execute(
+                "update journal_steps set state = ?, next_at = ?, error = ?,"
+                " lease_until = null, owner = null, updated_at = ?"
+                " where event_id = ? and rule = ? and idx = ?"
+                " and state = 'running' and owner = ? and attempts = ?",
+                (
+                    "queued" if retry_at is not None else "failed",
+                    retry_at if retry_at is not None else now,
+                    error,
+                    now,
+                    *key,
+                    str(owner),
+                    claim.attempt,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def _end_run(
+        conn: sqlite3.Connection,
+        claim: Claim,
+        now: float,
+        outcome: str,
+        error: str | None,
+        outputs: str | None,
+    ) -> None:
+        conn.execute(
+            "update journal_runs set ended_at = ?, outcome = ?, error = ?, outputs = ?"
+            " where event_id = ? and rule = ? and idx = ? and attempt = ? and ended_at is null",
+            (now, outcome, error, outputs, *claim.key, claim.attempt),
+        )
+
+    def overdue(self, now: float, grace: float, owner: Owner) -> list[StepKey]:
+        keys = [
+            StepKey(*row)
+            for row in self._read(
+                "select event_id, rule, idx from journal_steps"
+                " where state = 'queued' and next_at <= ?",
+                (now - grace,),
+            )
+        ]
+        running = self._read(
+            "select event_id, rule, idx, lease_until, owner from journal_steps"
+            " where state = 'running'"
+        )
+        dead = [row for row in running if row[3] > now and owner.knows_dead(row[4] or "")]
+        if dead:
+            with self._write() as conn:
+                for *key, _, holder in dead:
+                    conn.execute(
+                        "update journal_steps set lease_until = 0"
+                        " where event_id = ? and rule = ? and idx = ? and owner = ?",
+                        (*key, holder),
+                    )
+        keys.extend(StepKey(e, r, i) for e, r, i, until, _ in running if until <= now)
+        keys.extend(StepKey(e, r, i) for e, r, i, _, _ in dead)
+        return keys
+
+    # -- the command line -----------------------------------------------------
+
+    def retry(self, event_id: str | None, now: float) -> list[StepKey]:
+        # Every failed step when event_id is null, else those of that event.
+        with self._write() as conn:
+            keys = [
+                StepKey(*row)
+                for row in conn.execute(
+                    "select event_id, rule, idx from journal_steps"
+                    " where state = 'failed' and (?1 is null or event_id = ?1)",
+                    (event_id,),
+                ).fetchall()
+            ]
+            conn.execute(
+                "update journal_steps set state = 'queued', attempts = 0, next_at = ?2,"
+                " updated_at = ?2 where state = 'failed' and (?1 is null or event_id = ?1)",
+                (event_id, now),
+            )
+        return keys
+
+    def list_events(self, limit: int = 20, failed_only: bool = False) -> list[dict[str, Any]]:
+        rows = self._read(
+            "select id, data, received_at, rules from journal_events e"
+            " where not ?1 or exists (select 1 from journal_steps s"
+            " where s.event_id = e.id and s.state = 'failed')"
+            " order by received_at desc, id limit ?2",
+            (failed_only, limit),
+        )
+        return [self._event(row) for row in rows]
+
+    def get_event(self, id_prefix: str) -> dict[str, Any] | None:
+        rows = self._read(
+            "select id, data, received_at, rules from journal_events"
+            " where id >= ? and id < ? limit 2",
+            (id_prefix, id_prefix + "\U0010ffff"),
+        )
+        if len(rows) > 1:
+            raise LookupError(f"event id prefix {id_prefix!r} matches more than one event")
+        if not rows:
+            return None
+        event = self._event(rows[0])
+        runs = self._read(
+            "select rule, idx, attempt, started_at, ended_at, outcome, error"
+            " from journal_runs where event_id = ? order by rowid",
+            (event["id"],),
+        )
+        for step in event["steps"]:
+            step["runs"] = [
+                {
+                    "attempt": attempt,
+                    "started_at": _iso(started),
+                    "ended_at": _iso(ended),
+                    "outcome": outcome,
+                    "error": error,
+                }
+                for rule, idx, attempt, started, ended, outcome, error in runs
+                if rule == step["rule"] and idx == step["index"]
+            ]
+        return event
+
+    def _event(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        event_id, data_text, received_at, rules = row
+        data = json.loads(data_text)
+        steps = self._read(
+            "select rule, idx, step_id, action, state, attempts, error, outputs, next_at"
+            " from journal_steps where event_id = ? order by rule_pos, idx",
+            (event_id,),
+        )
+        return {
+            "id": event_id,
+            "account_sid": data["account_sid"],
+            "recording_sid": data["recording_sid"],
+            "status": data["status"],
+            "received_at": _iso(received_at),
+            "rules": json.loads(rules),
+            "steps": [
+                {
+                    "rule": rule,
+                    "index": idx,
+                    "id": step_id,
+                    "action": action,
+                    "state": state,
+                    "attempts": attempts,
+                    "error": error,
+                    "outputs": json.loads(outputs) if outputs else None,
+                    "next_at": _iso(next_at) if state == "queued" else None,
+                }
+                for rule, idx, step_id, action, state, attempts, error, outputs, next_at in steps
+            ],
+            "event": data,
+        }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(
+        timespec="milliseconds"
+    )

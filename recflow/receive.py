@@ -1,0 +1,388 @@
+"""The receiver: the Starlette app providers post their callbacks to.
+
+`create_app(config, host, pipeline)` serves the callback path (POST and
+GET), `GET /healthz`, and any route a plugin registers. A callback goes
+through these checks in this order, and the first that fails answers:
+
+1. body size: 413, from `Content-Length` before reading anything, else
+   while the body streams in, stopping as soon as it passes the limit;
+2. content type: 415 unless `application/x-www-form-urlencoded` or
+   `application/json` (a `charset` other than UTF-8 is refused too); a GET
+   carries its parameters in the query and has no body;
+3. parsing: 400 for broken JSON, bytes that are not UTF-8, or more than
+   `MAX_PARAMS` parameters in the body or in the query;
+4. account and signature: 403 when `AccountSid` names no provider or no
+   signature matches (see `recflow.verify`);
+5. required fields: 400 (`recflow.event.parse_event`).
+
+Then the event goes to the pipeline with the rules it matches, and the
+answer is 204 once the pipeline has committed it (a known duplicate gets
+204 too), or 503 when the backend cannot commit. Error bodies have one
+shape, `{"error": "<generic reason>"}`; the detail is logged under the
+request id, which every answer carries in `X-Request-Id`.
+
+The web app knows verification, parsing and the pipeline's `submit`; it
+never imports an action.
+
+Known shortcoming: the signed URL is rebuilt from the `Host` header, the
+raw path and the raw query; an ASGI `root_path` (an app mounted under a
+prefix by another server) is not part of it. Set `server.public_url` in
+that case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Lifespan, Scope
+
+from recflow import rules, verify
+from recflow.config import Config, RuleConfig
+from recflow.errors import BackendError, ConfigError, RequestError
+from recflow.event import REQUIRED, Event, params_from_json, params_from_pairs, parse_event
+from recflow.plugins import PluginHost
+
+logger = logging.getLogger(__name__)
+
+# A real callback has about fifteen parameters; a thousand is generous and
+# still keeps a hostile body from costing much to parse.
+MAX_PARAMS = 1000
+
+HEALTH_PATH = "/healthz"
+
+_UTF8 = (None, "utf-8", "utf8")
+
+
+class Pipeline(Protocol):
+    """What the receiver needs from `recflow.pipeline`."""
+
+    async def submit(self, event: Event, rules: Sequence[RuleConfig]) -> bool: ...
+
+    async def healthy(self) -> bool: ...
+
+
+def create_app(
+    config: Config,
+    host: PluginHost,
+    pipeline: Pipeline,
+    *,
+    lifespan: Lifespan[Starlette] | None = None,
+) -> Starlette:
+    """The receiver app; `lifespan` lets `recflow serve` start the workers.
+
+    Raises `ConfigError` when a plugin route clashes with the callback
+    path, `/healthz`, or another plugin's route.
+    """
+    receiver = _Receiver(config, pipeline)
+    routes: list[BaseRoute] = [
+        Route(config.server.path, receiver.callback, methods=["GET", "POST"]),
+        Route(HEALTH_PATH, receiver.healthz, methods=["GET"]),
+    ]
+    routes += _plugin_routes(host, {config.server.path, HEALTH_PATH})
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+
+
+@dataclasses.dataclass
+class _Seen:
+    """What is known of a callback so far, for its one log line."""
+
+    request_id: str
+    account: str = "-"
+    recording: str = "-"
+    status: str = "-"
+
+
+class _Receiver:
+    def __init__(self, config: Config, pipeline: Pipeline) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.proxies = config.server.trusted_proxies
+
+    async def callback(self, request: Request) -> Response:
+        seen = _Seen(request_id=uuid.uuid4().hex[:16])
+        try:
+            event, matched, new = await self._accept(request, seen)
+        except RequestError as exc:
+            self._log_refusal(seen, exc.status, exc.detail)
+            return _error(exc.status, exc.reason, seen.request_id)
+        except BackendError as exc:
+            self._log_refusal(seen, 503, f"backend cannot commit: {exc}")
+            return _error(503, "backend unavailable", seen.request_id)
+        except Exception:
+            logger.exception("callback %s failed on an unexpected error", seen.request_id)
+            return _error(500, "internal error", seen.request_id)
+        logger.info(
+            "callback %s account=%s recording=%s status=%s rules=%s %s -> 204",
+            seen.request_id,
+            event.account_sid,
+            event.recording_sid,
+            event.status,
+            ",".join(rule.name for rule in matched) or "-",
+            "new" if new else "duplicate",
+        )
+        return Response(status_code=204, headers={"X-Request-Id": seen.request_id})
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            ok = await self.pipeline.healthy()
+        except Exception:
+            logger.exception("health check of the backend raised")
+            ok = False
+        if ok:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"error": "backend unavailable"}, status_code=503)
+
+    async def _accept(
+        self, request: Request, seen: _Seen
+    ) -> tuple[Event, Sequence[RuleConfig], bool]:
+        limit = self.config.server.max_body_bytes
+        _check_content_length(request, limit)
+        raw_body = b""
+        media: str | None = None
+        if request.method == "POST":
+            raw_body = await _read_body(request, limit)
+            media = _media_type(request.headers.get("content-type"))
+
+        query_pairs = _parse_pairs(request.scope.get("query_string", b""), "query string")
+        body_pairs: list[tuple[str, str]] | None = None
+        document: dict[str, Any] = {}
+        if media == verify.FORM:
+            body_pairs = _parse_pairs(raw_body, "form body")
+            params = params_from_pairs(body_pairs, query_pairs)
+        elif media == verify.JSON:
+            document = _parse_json(raw_body)
+            params = params_from_pairs(params_from_json(document).items(), query_pairs)
+        else:
+            params = params_from_pairs(query_pairs)
+        seen.account = params.get("AccountSid", "-")
+        seen.recording = params.get("RecordingSid", "-")
+        seen.status = params.get("RecordingStatus", "-")
+
+        self._check_signature(request, params, media, raw_body, body_pairs, seen)
+        for name in REQUIRED:
+            # A form can only carry strings; JSON must too, for these.
+            if name in document and not isinstance(document[name], str):
+                raise RequestError(400, f"malformed required field {name}")
+        event = parse_event(params)
+        matched = rules.match(self.config.rules, event)
+        new = await self.pipeline.submit(event, matched)
+        return event, matched, new
+
+    def _check_signature(
+        self,
+        request: Request,
+        params: dict[str, str],
+        media: str | None,
+        raw_body: bytes,
+        body_pairs: list[tuple[str, str]] | None,
+        seen: _Seen,
+    ) -> None:
+        account = params.get("AccountSid", "")
+        provider = self.config.provider_for(account)
+        if provider is None:
+            raise RequestError(403, "forbidden", "AccountSid matches no configured provider")
+        if not self.config.server.verify_signatures:
+            logger.warning(
+                "callback %s accepted without a signature check: server.verify_signatures is false",
+                seen.request_id,
+            )
+            return
+        url = self._signed_url(request)
+        if not any(request.headers.get(name) for name in verify.SIGNATURE_HEADERS):
+            raise RequestError(403, "forbidden", f"no signature header; signed URL {url}")
+        ok = verify.is_valid(
+            url, request.headers, media, raw_body, body_pairs, provider.signing_keys
+        )
+        if not ok:
+            raise RequestError(
+                403,
+                "forbidden",
+                f"signature matches no key of provider {provider.name} for URL {url}",
+            )
+
+    def _signed_url(self, request: Request) -> str:
+        """The URL the provider called, as it saw it, byte for byte."""
+        scope = request.scope
+        query = scope.get("query_string", b"").decode("utf-8", "replace")
+        base = self.config.server.public_url
+        if not base:
+            scheme = scope.get("scheme", "http")
+            authority = request.headers.get("host") or _server_authority(scope)
+            if self._from_trusted_proxy(scope):
+                scheme = _first(request.headers.get("x-forwarded-proto")) or scheme
+                authority = _first(request.headers.get("x-forwarded-host")) or authority
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            base = f"{scheme}://{authority}{raw_path.decode('utf-8', 'replace')}"
+        if query:
+            base += ("&" if "?" in base else "?") + query
+        return base
+
+    def _from_trusted_proxy(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        if not client or not self.proxies:
+            return False
+        try:
+            peer = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(peer in network for network in self.proxies)
+
+    def _log_refusal(self, seen: _Seen, status: int, detail: str) -> None:
+        logger.info(
+            "callback %s account=%s recording=%s status=%s -> %d: %s",
+            seen.request_id,
+            seen.account,
+            seen.recording,
+            seen.status,
+            status,
+            detail,
+        )
+
+
+def _check_content_length(request: Request, limit: int) -> None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return
+    try:
+        length = int(raw)
+    except ValueError:
+        raise RequestError(400, "malformed request", f"bad Content-Length {raw!r}") from None
+    if length > limit:
+        raise RequestError(413, "body too large", f"Content-Length {length} is over {limit} bytes")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body too large", f"body passed {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(400, "malformed request", "client disconnected mid-body") from None
+    return b"".join(chunks)
+
+
+def _media_type(header: str | None) -> str:
+    """The bare media type of a POST, or a 415 for what we do not read."""
+    media, _, rest = (header or "").partition(";")
+    media = media.strip().lower()
+    charset = None
+    for parameter in rest.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    if media not in (verify.FORM, verify.JSON) or charset not in _UTF8:
+        raise RequestError(
+            415, "unsupported content type", f"content type {header!r} is not accepted"
+        )
+    return media
+
+
+def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_PARAMS,
+        )
+    except UnicodeDecodeError:
+        raise RequestError(400, "malformed body", f"{what} is not valid UTF-8") from None
+    except ValueError:
+        raise RequestError(
+            400, "too many parameters", f"{what} has more than {MAX_PARAMS} fields"
+        ) from None
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise RequestError(400, "malformed body", "JSON body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(400, "malformed body", f"JSON body does not parse: {exc}") from None
+    if not isinstance(document, dict):
+        raise RequestError(400, "malformed body", "JSON body is not an object")
+    if len(document) > MAX_PARAMS:
+        raise RequestError(400, "too many parameters", f"JSON body has over {MAX_PARAMS} keys")
+    return document
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _first(header: str | None) -> str | None:
+    """The first value of a comma-separated forwarding header."""
+    if not header:
+        return None
+    return header.split(",")[0].strip() or None
+
+
+def _server_authority(scope: Scope) -> str:
+    server = scope.get("server")
+    if not server:
+        return "localhost"
+    host, port = server[0], server[1]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port is not None else host
+
+
+def _plugin_routes(host: PluginHost, taken: set[str]) -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    owners = {path: "recflow" for path in taken}
+
+    for impl in host.pm.hook.register_routes.get_hookimpls():
+        plugin = host.pm.get_name(impl.plugin) or repr(impl.plugin)
+
+        def register(
+            path: str,
+            endpoint: Callable[..., Any],
+            methods: list[str] | None = None,
+            _plugin: str = plugin,
+        ) -> None:
+            if path in owners:
+                raise ConfigError(
+                    f"plugin {_plugin}: route {path!r} clashes with one of {owners[path]}"
+                )
+            owners[path] = f"plugin {_plugin}"
+            routes.append(Route(path, endpoint, methods=methods))
+
+        impl.function(**{arg: register for arg in impl.argnames})
+    return routes
+
+
+def _error(status: int, reason: str, request_id: str | None = None) -> JSONResponse:
+    headers = {"X-Request-Id": request_id} if request_id else None
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405, in our error shape."""
+    assert isinstance(exc, HTTPException)
+    response = _error(exc.status_code, str(exc.detail).lower())
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response

@@ -1,0 +1,272 @@
+"""Step parameters as Jinja2 templates: compiled at load, rendered per event.
+
+Templates run in Jinja2's sandbox with undefined names an error and no
+autoescaping (parameters are URLs, paths and plain text, not HTML). The
+context is ``event`` (the `Event`), ``rule`` (``rule.name``) and
+``steps`` (``steps.<id>.<output>`` of earlier steps). Values that arrive
+in a callback are only ever values in that context: they are never
+compiled, so a caller cannot inject template code.
+
+Known shortcoming: a value substituted from the environment becomes part
+of the string it sits in before compiling, so an environment value that
+itself contains ``{{`` is compiled as template text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from recflow.errors import ConfigError, TemplateError, join_path
+from recflow.event import FIELDS, Event
+
+if TYPE_CHECKING:
+    from recflow.config import Config
+
+_MARKERS = ("{{", "{%", "{#")
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined with messages that name recflow's objects plainly."""
+
+    @property
+    def _undefined_message(self) -> str:
+        obj, name = self._undefined_obj, self._undefined_name
+        if isinstance(obj, (Event, _SampleEvent)) and name is not None:
+            accepted = ", ".join((*FIELDS, "params"))
+            return f"event has no field {name!r}; fields: {accepted}"
+        if isinstance(obj, MappingProxyType) and name is not None:
+            return f"event.params has no parameter {name!r} in this callback"
+        if isinstance(obj, dict) and name is not None and obj is not None:
+            known = ", ".join(sorted(map(str, obj))) or "none"
+            return f"no {name!r} here; known: {known}"
+        return str(super()._undefined_message)
+
+
+_ENV = SandboxedEnvironment(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """One compiled template string and where it was written."""
+
+    source: str
+    path: str
+    line: int | None
+    template: jinja2.Template = dataclasses.field(repr=False, compare=False)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        try:
+            return self.template.render(context)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{self.path}: {_one_line(exc)}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise TemplateError(f"{self.path}: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """Step parameters with every template string compiled.
+
+    `tree` mirrors the `with:` mapping: dicts, lists and plain values as
+    written, with `Template` objects where a string held template syntax.
+    """
+
+    tree: Any
+
+    def templates(self) -> Iterator[Template]:
+        """Every template in the parameters, in the order written."""
+        yield from _walk(self.tree)
+
+
+def compile_params(value: Any, path: str, lines: Mapping[str, int] | None = None) -> Compiled:
+    """Compile every template string in `value` (dicts, lists, strings).
+
+    `path` is the key path of `value` (``rules[0].steps[1].with``);
+    `lines` maps key paths to lines, so a syntax error is raised as a
+    `ConfigError` with its line. Strings without ``{{``, ``{%`` or ``{#``
+    stay plain strings.
+    """
+    return Compiled(_compile(value, path, lines or {}))
+
+
+def render_params(compiled: Compiled | Any, context: Mapping[str, Any]) -> Any:
+    """Render compiled parameters for one event; raises `TemplateError`.
+
+    `context` holds ``event``, ``rule`` and ``steps``. The result is plain
+    data: dicts, lists, strings and the non-string values as written.
+    """
+    tree = compiled.tree if isinstance(compiled, Compiled) else compiled
+    return _render(tree, context)
+
+
+def sample_event() -> Event:
+    """A realistic completed SignalWire recording, for checks and examples."""
+    account = "b3877c40-da60-4998-90ad-b792e98472af"
+    recording = "7e2d1c4b-90ad-4998-b792-e984a1b2c3d4"
+    url = (
+        "https://example.signalwire.com/api/laml/2010-04-01"
+        f"/Accounts/{account}/Recordings/{recording}"
+    )
+    params = {
+        "AccountSid": account,
+        "CallSid": "b3877c40-da60-4998-90ad-b792e98472ca",
+        "RecordingSid": recording,
+        "RecordingUrl": url,
+        "RecordingStatus": "completed",
+        "RecordingDuration": "94",
+        "RecordingChannels": "1",
+        "RecordingSource": "RecordVerb",
+        "RecordingStartTime": "Mon, 03 Jun 2024 14:05:11 +0000",
+    }
+    return Event(
+        account_sid=account,
+        call_sid=params["CallSid"],
+        recording_sid=recording,
+        recording_url=url,
+        status="completed",
+        duration=94,
+        channels=1,
+        source="RecordVerb",
+        start_time=datetime(2024, 6, 3, 14, 5, 11, tzinfo=UTC),
+        params=params,
+    )
+
+
+class StepOutputs(Mapping[str, str]):
+    """Stand-in outputs of a step that has not run: any name reads as a placeholder.
+
+    ``steps.archive.url`` renders as ``<steps.archive.url>``; `recflow
+    match` shows these, and `check_config` renders against them.
+    """
+
+    def __init__(self, step_id: str) -> None:
+        self._step_id = step_id
+
+    def __getitem__(self, name: str) -> str:
+        return f"<steps.{self._step_id}.{name}>"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def placeholder_steps(step_ids: list[str | None]) -> dict[str, StepOutputs]:
+    """Placeholder outputs for the steps with an id among `step_ids`."""
+    return {sid: StepOutputs(sid) for sid in step_ids if sid}
+
+
+def check_config(config: Config) -> list[str]:
+    """Render every step's templates against `sample_event()`; located errors.
+
+    Each earlier step with an id offers placeholder outputs (any output
+    name is accepted), and any `params.NAME` reads as a placeholder, so
+    what is reported are real mistakes: a misspelt field, a step id that
+    is not an earlier step's, a failing filter.
+    """
+    event = _SampleEvent(sample_event())
+    errors: list[str] = []
+    for rule in config.rules:
+        earlier: list[str | None] = []
+        for step in rule.steps:
+            context = {
+                "event": event,
+                "rule": {"name": rule.name},
+                "steps": placeholder_steps(earlier),
+            }
+            params = step.params if isinstance(step.params, Compiled) else Compiled(step.params)
+            for template in params.templates():
+                try:
+                    template.render(context)
+                except TemplateError as exc:
+                    where = config.path + (f":{template.line}" if template.line else "")
+                    errors.append(f"{where}: {exc}")
+            earlier.append(step.id)
+    return errors
+
+
+class _SampleEvent:
+    """The sample event, with a placeholder for any parameter a template reads."""
+
+    def __init__(self, event: Event) -> None:
+        self._event = event
+        self.params = _AnyParams(event.params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._event, name)
+
+
+class _AnyParams(Mapping[str, str]):
+    def __init__(self, params: Mapping[str, str]) -> None:
+        self._params = params
+
+    def __getitem__(self, name: str) -> str:
+        return self._params.get(name, f"<params.{name}>")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+
+def _compile(value: Any, path: str, lines: Mapping[str, int]) -> Any:
+    if isinstance(value, str):
+        if not any(marker in value for marker in _MARKERS):
+            return value
+        line = _line(path, lines)
+        try:
+            template = _ENV.from_string(value)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigError(
+                f"template syntax: {exc.message}; in {value!r}", line=line, path=path
+            ) from None
+        return Template(source=value, path=path, line=line, template=template)
+    if isinstance(value, Mapping):
+        return {k: _compile(v, join_path(path, str(k)), lines) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_compile(v, join_path(path, i), lines) for i, v in enumerate(value)]
+    return value
+
+
+def _render(tree: Any, context: Mapping[str, Any]) -> Any:
+    if isinstance(tree, Template):
+        return tree.render(context)
+    if isinstance(tree, dict):
+        return {k: _render(v, context) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_render(v, context) for v in tree]
+    return tree
+
+
+def _walk(tree: Any) -> Iterator[Template]:
+    if isinstance(tree, Template):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _walk(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _walk(value)
+
+
+def _line(path: str, lines: Mapping[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

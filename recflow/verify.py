@@ -1,0 +1,170 @@
+"""Request signatures: did this callback really come from the provider?
+
+Pure functions, no I/O. The receiver hands over the URL the provider
+called (byte for byte: raw path, raw query), the request headers, the raw
+body and, for forms, the decoded body pairs; `is_valid` says whether any
+signature header matches any scheme valid for the content type under any
+of the account's keys.
+
+The schemes:
+
+- Twilio's, used by both providers for forms and GET: base64 HMAC-SHA1 over
+  the URL followed by every body parameter sorted by name, each as name
+  then value, a repeated name's values sorted too.
+- Twilio's for JSON: the URL carries `bodySHA256=<hex>`; the signature
+  covers the URL alone and the body's SHA-256 must equal that hex.
+- SignalWire's for JSON: lowercase hex HMAC-SHA1 over the URL followed by
+  the raw body.
+
+A JSON body signed over the bare URL (no `bodySHA256`) matches none of
+them: the signature would then say nothing about the body.
+
+Every URL is tried with and without its default port (:443 for https, :80
+for http), as the providers are not consistent about it. A non-default
+port is part of the URL and is never dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+SIGNATURE_HEADERS = ("x-signalwire-signature", "x-twilio-signature")
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+_DEFAULT_PORTS = {"https": "443", "http": "80"}
+
+
+def signed_url_candidates(url: str) -> list[str]:
+    """The URL as given, plus its twin with or without the default port.
+
+    Only the authority is touched; path and query stay byte for byte.
+    """
+    scheme, sep, rest = url.partition("://")
+    default = _DEFAULT_PORTS.get(scheme.lower())
+    if not sep or default is None:
+        return [url]
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            end = min(end, found)
+    authority, tail = rest[:end], rest[end:]
+    host, colon, port = authority.rpartition(":")
+    if colon and port.isdigit() and not host.endswith(":"):
+        if port != default:
+            return [url]
+        return [url, f"{scheme}://{host}{tail}"]
+    if colon and not port:
+        # "host:" with an empty port means the default one.
+        return [url, f"{scheme}://{host}{tail}", f"{scheme}://{host}:{default}{tail}"]
+    return [url, f"{scheme}://{authority}:{default}{tail}"]
+
+
+def form_signature(url: str, pairs: Iterable[tuple[str, str]], key: str) -> str:
+    """Twilio's scheme: base64 HMAC-SHA1 over URL + sorted name/value pairs."""
+    return _b64_hmac(key, url + _sorted_params(pairs, dedupe=False))
+
+
+def json_signature(url: str, body: bytes, key: str) -> str:
+    """SignalWire's JSON scheme: lowercase hex HMAC-SHA1 over URL + raw body."""
+    return hmac.new(key.encode(), url.encode() + body, hashlib.sha1).hexdigest()
+
+
+def is_valid(
+    url: str,
+    headers: Mapping[str, str],
+    content_type: str | None,
+    raw_body: bytes,
+    form_pairs: list[tuple[str, str]] | None,
+    keys: Iterable[str],
+) -> bool:
+    """True when any signature header matches any valid scheme under any key.
+
+    `content_type` is the bare media type (no parameters); None or any
+    other type is treated as a body-less request (GET): the URL alone is
+    signed. `form_pairs` are the decoded body pairs of a form, every
+    repetition kept, in any order.
+    """
+    signatures = _signatures(headers)
+    keys = [key for key in keys if key]
+    if not signatures or not keys:
+        return False
+    candidates = signed_url_candidates(url)
+    messages = _base64_messages(candidates, content_type, raw_body, form_pairs)
+    valid = False
+    # Every combination is computed, not the first hit returned: the work
+    # done must not depend on which key or header matched.
+    for key in keys:
+        for message in messages:
+            valid |= _matches_any(_b64_hmac(key, message), signatures)
+        if content_type == JSON:
+            for candidate in candidates:
+                expected = json_signature(candidate, raw_body, key)
+                valid |= _matches_any(expected, [s.lower() for s in signatures])
+    return valid
+
+
+def _base64_messages(
+    candidates: list[str],
+    content_type: str | None,
+    raw_body: bytes,
+    form_pairs: list[tuple[str, str]] | None,
+) -> list[str]:
+    """What the base64 scheme may have signed, for each candidate URL."""
+    if content_type == JSON:
+        if not _body_hash_matches(candidates[0], raw_body):
+            return []
+        return list(candidates)
+    if content_type == FORM:
+        pairs = form_pairs or []
+        # Twilio's own validator drops a value repeated under one name;
+        # a plain signer keeps it. Both describe the same body.
+        suffixes = {_sorted_params(pairs, dedupe=False), _sorted_params(pairs, dedupe=True)}
+        return [candidate + suffix for candidate in candidates for suffix in sorted(suffixes)]
+    return list(candidates)
+
+
+def _body_hash_matches(url: str, raw_body: bytes) -> bool:
+    query = urlsplit(url).query
+    claimed = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "bodySHA256"]
+    if len(claimed) != 1:
+        return False
+    actual = hashlib.sha256(raw_body).hexdigest()
+    return hmac.compare_digest(actual.encode(), claimed[0].strip().lower().encode())
+
+
+def _sorted_params(pairs: Iterable[tuple[str, str]], *, dedupe: bool) -> str:
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    parts: list[str] = []
+    for name in sorted(grouped):
+        values = set(grouped[name]) if dedupe else grouped[name]
+        parts.extend(name + value for value in sorted(values))
+    return "".join(parts)
+
+
+def _b64_hmac(key: str, message: str) -> str:
+    digest = hmac.new(key.encode(), message.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _signatures(headers: Mapping[str, str]) -> list[str]:
+    found = []
+    for name, value in headers.items():
+        if name.lower() in SIGNATURE_HEADERS and value.strip():
+            found.append(value.strip())
+    return found
+
+
+def _matches_any(expected: str, signatures: list[str]) -> bool:
+    hit = False
+    for signature in signatures:
+        hit |= hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
+    return hit

@@ -1,0 +1,325 @@
+"""Workers: threads that take steps from the queue and run them.
+
+A worker takes a step key from Huey, claims the step in the journal (or
+drops the task: the step is done, failed, running elsewhere or not due),
+renders its parameters, runs the action through the plugin manager, and
+records the outcome and the next step in one commit before enqueueing that
+step. A housekeeping thread moves delayed retries to the queue, renews the
+leases of running steps (so a long upload is not handed to another worker)
+and, every `recovery_interval`, enqueues steps the journal owes that no
+task will bring: a worker killed mid-step, a task lost with its queue.
+
+Threads, not Huey's consumer, so that the process that runs them (the web
+server, or `recflow worker`) keeps its own signal handling. A known
+shortcoming: a step that hangs is never interrupted (threads cannot be
+killed); `close()` stops waiting for it after its timeout, and its lease
+runs out once the process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from recflow.config import Config, RuleConfig, StepConfig
+from recflow.context import StepContext
+from recflow.errors import ActionError, BackendError
+from recflow.event import Event
+from recflow.journal import Claim, Journal, Owner
+from recflow.plugins import PluginHost
+from recflow.queue import StepKey, StepQueue
+from recflow.secrets import Redactor
+
+logger = logging.getLogger(__name__)
+action_logger = logging.getLogger("recflow.action")
+
+
+class _Permanent(Exception):
+    """A failure no attempt can mend: a missing rule, action or provider."""
+
+
+class StepRunner:
+    """Runs one step key to an outcome recorded in the journal."""
+
+    def __init__(
+        self,
+        config: Config,
+        host: PluginHost,
+        journal: Journal,
+        queue: StepQueue,
+        owner: Owner,
+        lease: float,
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.journal = journal
+        self.queue = queue
+        self.owner = owner
+        self.lease = lease
+        self.redactor = Redactor(config.secrets)
+        self._running: set[StepKey] = set()
+        self._lock = threading.Lock()
+
+    def running(self) -> list[StepKey]:
+        """The steps this process is running now (their leases to renew)."""
+        with self._lock:
+            return list(self._running)
+
+    def run(self, key: StepKey) -> str | None:
+        """Run `key` if the journal lets this worker claim it.
+
+        Returns the outcome (`done`, `retry`, `failed`, `lost`), or None when
+        the task was dropped because the step was not this worker's to run.
+        """
+        claim = self.journal.claim(key, self.owner, self.lease, time.time())
+        if claim is None:
+            logger.debug("task for %s/%s/%d dropped: not due", *key)
+            return None
+        with self._lock:
+            self._running.add(key)
+        try:
+            return self._run_claimed(claim)
+        finally:
+            with self._lock:
+                self._running.discard(key)
+
+    def _run_claimed(self, claim: Claim) -> str:
+        key = claim.key
+        event = Event.from_dict(claim.event)
+        rule = self.config.rule(key.rule)
+        step = rule.steps[key.step_index] if rule and key.step_index < len(rule.steps) else None
+        if rule is None or step is None:
+            error = f"rule {key.rule!r} has no step {key.step_index + 1} in the config any more"
+            return self._fail(claim, event, rule, step, error, permanent=True)
+
+        self._hook("step_started", event=event, rule=rule, step=step, attempt=claim.attempt)
+        try:
+            outputs = self._execute(claim, event, rule, step)
+        except ActionError as exc:
+            return self._fail(claim, event, rule, step, str(exc), exc.permanent)
+        except _Permanent as exc:
+            return self._fail(claim, event, rule, step, str(exc), permanent=True)
+        except Exception as exc:  # an action may raise anything; the step fails
+            error = f"{type(exc).__name__}: {exc}"
+            return self._fail(claim, event, rule, step, error, permanent=False)
+
+        outputs = self.redactor.mask_obj(outputs)
+        following = rule.steps[key.step_index + 1] if key.step_index + 1 < len(rule.steps) else None
+        next_step = (following.action, following.id) if following else None
+        if not self.journal.succeed(claim, self.owner, outputs, time.time(), next_step):
+            self._log(claim, step, "lost", "another worker took the step over")
+            return "lost"
+        self._log(claim, step, "done", None)
+        self._hook("step_succeeded", event=event, rule=rule, step=step, outputs=outputs)
+        if next_step is not None:
+            self.queue.put_many([StepKey(key.event_id, key.rule, key.step_index + 1)])
+        return "done"
+
+    def _execute(
+        self, claim: Claim, event: Event, rule: RuleConfig, step: StepConfig
+    ) -> dict[str, Any]:
+        from recflow.templates import render_params
+
+        spec = self.host.actions.get(step.action)
+        if spec is None:
+            raise _Permanent(f"action {step.action!r} is not installed")
+        provider = self.config.provider_for(event.account_sid)
+        if provider is None:
+            raise _Permanent(f"no provider in the config has account {event.account_sid}")
+        by_id = {sid: dict(out) for _, sid, out in claim.previous if sid}
+        try:
+            params = render_params(
+                step.params, {"event": event, "rule": {"name": rule.name}, "steps": by_id}
+            )
+        except Exception as exc:  # a TemplateError, or a filter that raised
+            raise _Permanent(f"cannot render parameters: {exc}") from exc
+        ctx = StepContext(
+            event=event,
+            rule=rule.name,
+            step_index=claim.key.step_index,
+            step_id=step.id,
+            attempt=claim.attempt,
+            steps=by_id,
+            previous=tuple((action, dict(out)) for action, _, out in claim.previous),
+            provider=provider,
+            logger=action_logger.getChild(step.action),
+            secrets=self.config.secrets,
+        )
+        result = spec.run(params, ctx)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        if result is None:
+            return {}
+        if not isinstance(result, Mapping):
+            raise _Permanent(
+                f"action {step.action!r} returned {type(result).__name__}, expected a mapping"
+            )
+        return dict(result)
+
+    def _fail(
+        self,
+        claim: Claim,
+        event: Event,
+        rule: RuleConfig | None,
+        step: StepConfig | None,
+        error: str,
+        permanent: bool,
+    ) -> str:
+        error = self.redactor.mask(" ".join(error.split()) or "failed")
+        now = time.time()
+        retry_at = None
+        if step is not None and not permanent and claim.attempt < step.retry.attempts:
+            retry_at = now + step.retry.delay(claim.attempt)
+        if not self.journal.fail(claim, self.owner, error, now, retry_at):
+            self._log(claim, step, "lost", "another worker took the step over")
+            return "lost"
+        if retry_at is not None:
+            self._log(claim, step, "retry", f"{error} (again in {retry_at - now:.3g} s)")
+            self.queue.put(claim.key, delay=retry_at - now)
+            return "retry"
+        self._log(claim, step, "failed", error)
+        if rule is not None and step is not None:
+            self._hook("step_failed", event=event, rule=rule, step=step, error=error)
+        return "failed"
+
+    def _log(self, claim: Claim, step: StepConfig | None, outcome: str, why: str | None) -> None:
+        key = claim.key
+        level = logging.INFO if outcome in ("done", "retry") else logging.WARNING
+        logger.log(
+            level,
+            "step %s event=%s rule=%s step=%d action=%s attempt=%d%s",
+            outcome,
+            key.event_id,
+            key.rule,
+            key.step_index + 1,
+            step.action if step else "?",
+            claim.attempt,
+            f": {why}" if why else "",
+        )
+
+    def _hook(self, name: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.host.hook, name)(**kwargs)
+        except Exception as exc:  # a plugin's observer must not fail the step
+            logger.error("hook %s raised, ignored: %s", name, self.redactor.mask(str(exc)))
+
+
+async def _awaited(result: Awaitable[Any]) -> Any:
+    return await result
+
+
+class WorkerPool:
+    """Worker threads and the housekeeping thread of one process."""
+
+    def __init__(
+        self,
+        runner: StepRunner,
+        *,
+        recovery_interval: float = 30.0,
+        recovery_grace: float = 30.0,
+        tick: float = 0.25,
+    ) -> None:
+        self.runner = runner
+        self.queue = runner.queue
+        self.journal = runner.journal
+        self.recovery_interval = recovery_interval
+        self.recovery_grace = recovery_grace
+        self.tick = tick
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, workers: int) -> None:
+        """Start `workers` threads; recovery first enqueues what is owed."""
+        self.recover(grace=0.0)
+        for number in range(workers):
+            thread = threading.Thread(
+                target=self._work, name=f"recflow-worker-{number + 1}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        keeper = threading.Thread(target=self._keep, name="recflow-housekeeper", daemon=True)
+        keeper.start()
+        self._threads.append(keeper)
+        logger.info("%d workers started", workers)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Let running steps finish, at most `timeout` s; True if all did.
+
+        Steps not yet taken stay queued for the next start or another
+        process.
+        """
+        self._stop.set()
+        self.queue.wakeup.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        unfinished = self.runner.running()
+        if unfinished:
+            logger.warning(
+                "%d steps still running at shutdown; they run again after their lease",
+                len(unfinished),
+            )
+        return not unfinished
+
+    def recover(self, grace: float | None = None) -> int:
+        """Enqueue steps the journal owes that no task will bring; how many."""
+        grace = self.recovery_grace if grace is None else grace
+        try:
+            keys = self.journal.overdue(time.time(), grace, self.runner.owner)
+        except BackendError as exc:
+            logger.warning("recovery pass failed, will try again: %s", exc)
+            return 0
+        if keys:
+            logger.info("recovery: %d owed steps enqueued again", len(keys))
+            self.queue.put_many(keys)
+        return len(keys)
+
+    def _work(self) -> None:
+        idle = 0.01
+        while not self._stop.is_set():
+            try:
+                key = self.queue.take()
+            except Exception as exc:
+                logger.warning("cannot read the queue, will try again: %s", exc)
+                key = None
+            if key is None:
+                self.queue.wakeup.wait(idle)
+                self.queue.wakeup.clear()
+                idle = min(idle * 2, 0.5)
+                continue
+            idle = 0.01
+            try:
+                self.runner.run(key)
+            except BackendError as exc:
+                # The journal said nothing was claimed, or the outcome could not
+                # be recorded: the lease runs out and recovery runs it again.
+                logger.warning("step %s/%s/%d: %s", *key, exc)
+            except Exception:
+                logger.exception("step %s/%s/%d: unexpected error in the worker", *key)
+
+    def _keep(self) -> None:
+        last_recovery = last_renewal = time.monotonic()
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            try:
+                self.queue.move_due()
+            except Exception as exc:
+                logger.warning("cannot move delayed steps, will try again: %s", exc)
+            if now - last_renewal >= self.runner.lease / 3:
+                last_renewal = now
+                running = self.runner.running()
+                if running:
+                    try:
+                        self.journal.renew(
+                            running, self.runner.owner, time.time() + self.runner.lease
+                        )
+                    except BackendError as exc:
+                        logger.warning("cannot renew leases, will try again: %s", exc)
+            if now - last_recovery >= self.recovery_interval:
+                last_recovery = now
+                self.recover()

@@ -6,14 +6,21 @@ and nowhere else. Logging handlers are configured here only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from recflow.errors import RecflowError
+
+if TYPE_CHECKING:
+    from recflow.config import Config
+    from recflow.pipeline import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +64,121 @@ def cli() -> None:
 @config_option
 def check(config_file: str | None) -> None:
     """Validate the config and its templates; exit 1 with located errors."""
-    raise click.ClickException("check: not built yet")
+    from recflow import config as config_module
+    from recflow.errors import ConfigError
+    from recflow.plugins import build_plugin_manager
+    from recflow.secrets import Redactor
+    from recflow.templates import check_config
+
+    host = build_plugin_manager()
+    try:
+        config = config_module.load(
+            config_path(config_file), host.actions, missing_action=host.missing_action
+        )
+    except ConfigError as exc:
+        for error in exc.all:
+            click.echo(str(error), err=True)
+        raise SystemExit(1) from None
+    problems = check_config(config)
+    if problems:
+        redactor = Redactor(config.secrets)
+        for problem in problems:
+            click.echo(redactor.mask(problem), err=True)
+        raise SystemExit(1)
+    for name, reason in sorted(host.broken.items()):
+        click.echo(f"warning: plugin {name} is not loaded: {reason}", err=True)
+    for warning in config.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"ok: {len(config.rules)} rules, {len(config.providers)} providers")
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.argument("payload", type=click.File("r", encoding="utf-8"))
+def match(config_file: str | None, as_json: bool, payload: Any) -> None:
+    """Dry run: which rules match a callback in PAYLOAD, why, and their steps.
+
+    PAYLOAD is a file holding a form-encoded body or a JSON object (`-`
+    reads stdin). Nothing runs: outputs of earlier steps show as
+    placeholders such as <steps.archive.url>.
+    """
+    import json
+
+    from recflow import config as config_module
+    from recflow.plugins import build_plugin_manager
+    from recflow.secrets import Redactor
+
+    config = config_module.load(config_path(config_file), build_plugin_manager().actions)
+    event = _payload_event(payload.read())
+    report = Redactor(config.secrets).mask_obj(_match_report(config, event))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    shown = report["event"]
+    click.echo(
+        f"event {shown['status']} recording {shown['recording_sid']}"
+        f" of account {shown['account_sid']}, duration {shown['duration']}"
+    )
+    for rule in report["rules"]:
+        click.echo(f"{'match' if rule['matched'] else 'no   '}  {rule['name']}: {rule['reason']}")
+        for number, step in enumerate(rule["steps"], 1):
+            label = f" ({step['id']})" if step["id"] else ""
+            click.echo(f"    {number}. {step['action']}{label}")
+            if "error" in step:
+                click.echo(f"         error: {step['error']}")
+            for key, value in (step["with"] or {}).items():
+                click.echo(f"         {key}: {json.dumps(value, ensure_ascii=False)}")
+
+
+def _payload_event(text: str) -> Any:
+    """The event in a form-encoded or JSON callback body (JSON if it starts with `{`)."""
+    import json
+    from urllib.parse import parse_qsl
+
+    from recflow.errors import RequestError
+    from recflow.event import params_from_json, params_from_pairs, parse_event
+
+    try:
+        if text.lstrip().startswith("{"):
+            try:
+                document = json.loads(text)
+            except ValueError as exc:
+                raise click.ClickException(f"payload: not valid JSON: {exc}") from None
+            params = params_from_json(document)
+        else:
+            params = params_from_pairs(parse_qsl(text.strip(), keep_blank_values=True))
+        return parse_event(params)
+    except RequestError as exc:
+        raise click.ClickException(f"payload: {exc.reason}") from None
+
+
+def _match_report(config: Any, event: Any) -> dict[str, Any]:
+    """What `match --json` prints: every rule, why, and matched rules' rendered steps."""
+    from recflow import rules as rules_module
+    from recflow.errors import TemplateError
+    from recflow.templates import placeholder_steps, render_params
+
+    out = []
+    for rule, matched, reason in rules_module.explain(config.rules, event):
+        steps = []
+        earlier: list[str | None] = []
+        for step in rule.steps if matched else ():
+            context = {
+                "event": event,
+                "rule": {"name": rule.name},
+                "steps": placeholder_steps(earlier),
+            }
+            entry: dict[str, Any] = {"action": step.action, "id": step.id}
+            try:
+                entry["with"] = render_params(step.params, context)
+            except TemplateError as exc:
+                entry["with"] = None
+                entry["error"] = str(exc)
+            steps.append(entry)
+            earlier.append(step.id)
+        out.append({"name": rule.name, "matched": matched, "reason": reason, "steps": steps})
+    return {"event": event.to_dict(), "rules": out}
 
 
 @cli.command()
@@ -81,13 +202,15 @@ def serve(
     from starlette.applications import Starlette
 
     from recflow import config as config_module
-    from recflow import pipeline, receive, secrets
+    from recflow import http_limits, pipeline, receive, secrets
     from recflow.plugins import build_plugin_manager
 
     setup_logging()
     host = build_plugin_manager()
     config = config_module.load(config_path(config_file), host.actions)
     secrets.install(secrets.Redactor(config.secrets))
+    for warning in config.warnings:
+        logger.warning("%s", warning)
     sock, url = _listen_socket(listen or config.server.listen)
     runtime = pipeline.open_runtime(config, host)
     threads = 0 if no_worker else (config.workers if workers is None else workers)
@@ -105,7 +228,9 @@ def serve(
         uvicorn.Config(
             app,
             loop="uvloop",
-            http="httptools",
+            # httptools, plus a deadline and a size cap on request heads.
+            http=http_limits.protocol_class(config.server.read_timeout),
+            timeout_keep_alive=5,
             lifespan="on",
             access_log=False,
             log_config=None,
@@ -146,9 +271,13 @@ def plugins(as_json: bool) -> None:
     """List installed plugins, the hooks they implement and the actions they add."""
     import json
 
-    from recflow.plugins import build_plugin_manager, describe
+    from recflow.plugins import add_commands, build_plugin_manager, describe
 
-    entries = describe(build_plugin_manager(strict=False))
+    with _plugin_logs_off():  # the listing itself shows what is broken
+        host = build_plugin_manager(strict=False)
+    # Adding the commands again, to a copy, finds the plugins that fail to.
+    add_commands(host, click.Group(commands=dict(cli.commands)))
+    entries = describe(host)
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
@@ -163,6 +292,217 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  BROKEN: {entry['error']}")
 
 
+def _open_backend(config_file: str | None) -> tuple[Config, Runtime]:
+    """The loaded config and an opened runtime (no workers) for it."""
+    from recflow import config as config_module
+    from recflow import pipeline
+    from recflow.plugins import build_plugin_manager
+
+    host = build_plugin_manager()
+    config = config_module.load(config_path(config_file), host.actions)
+    return config, pipeline.open_runtime(config, host)
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="worker threads (default: workers in the config)",
+)
+def worker(config_file: str | None, workers: int | None) -> None:
+    """Run steps from the backend, without receiving callbacks.
+
+    SIGTERM or Ctrl-C lets running steps finish (30 s at most) and leaves
+    the rest queued for the next worker.
+    """
+    import signal
+    import threading
+
+    from recflow import secrets
+
+    setup_logging()
+    config, runtime = _open_backend(config_file)
+    secrets.install(secrets.Redactor(config.secrets))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    threads = workers or config.workers or 1
+    runtime.start(threads)
+    click.echo(f"recflow worker running {threads} workers", err=True)
+    while not stop.wait(3600):
+        pass
+    logger.info("stopping: letting running steps finish")
+    runtime.close(timeout=30)
+
+
+@cli.group(invoke_without_command=True)
+@config_option
+@click.option("--failed", is_flag=True, help="only events with a failed step")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def events(
+    ctx: click.Context, config_file: str | None, failed: bool, limit: int, as_json: bool
+) -> None:
+    """Recent events and each step's outcome, newest first."""
+    ctx.obj = {"config_file": config_file, "as_json": as_json}
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    config, runtime = _open_backend(config_file)
+    try:
+        rows = runtime.journal.list_events(limit=limit, failed_only=failed)
+    finally:
+        runtime.close()
+    rows = _masked(config, rows)
+    if as_json:
+        for row in rows:
+            row.pop("event", None)
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no events" + (" with a failed step" if failed else ""))
+        return
+    click.echo(f"{'ID':<12}  {'RECEIVED':<19}  {'STATUS':<11}  RECORDING")
+    for row in rows:
+        received = (row["received_at"] or "")[:19].replace("T", " ")
+        click.echo(f"{row['id'][:12]}  {received:<19}  {row['status']:<11}  {row['recording_sid']}")
+        for step in row["steps"]:
+            click.echo("  " + _step_line(step))
+        if not row["steps"]:
+            click.echo("  (no rule matched)")
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def events_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
+    """One event (id or unique id prefix): its fields, steps and every attempt."""
+    import json
+
+    config, runtime = _open_backend(ctx.obj["config_file"])
+    try:
+        row = runtime.journal.get_event(event_id)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        runtime.close()
+    if row is None:
+        raise click.ClickException(f"no event with id {event_id!r}")
+    row = _masked(config, [row])[0]
+    if as_json or ctx.obj["as_json"]:
+        click.echo(json.dumps(row, indent=2))
+        return
+    click.echo(f"event     {row['id']}")
+    click.echo(f"received  {row['received_at']}")
+    for name in ("account_sid", "call_sid", "recording_sid", "status", "duration"):
+        click.echo(f"{name:<14}{row['event'].get(name)}")
+    click.echo(f"rules     {', '.join(row['rules']) or '(none matched)'}")
+    for step in row["steps"]:
+        click.echo(_step_line(step))
+        for run in step["runs"]:
+            error = f"  {run['error']}" if run["error"] else ""
+            click.echo(
+                f"    attempt {run['attempt']}  {run['started_at']}  {run['outcome']}{error}"
+            )
+        if step["outputs"]:
+            click.echo(f"    outputs {json.dumps(step['outputs'])}")
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    name = f"{step['rule']}#{step['index'] + 1}"
+    error = f"  {step['error']}" if step["error"] and step["state"] != "done" else ""
+    return f"{name:<20} {step['action']!s:<10} {step['state']!s:<8} {step['attempts']}{error}"
+
+
+def _masked(config: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from recflow.secrets import Redactor
+
+    masked: list[dict[str, Any]] = Redactor(config.secrets).mask_obj(rows)
+    return masked
+
+
+@cli.command()
+@config_option
+@click.argument("event_id", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="every failed step of every event")
+def retry(config_file: str | None, event_id: str | None, all_failed: bool) -> None:
+    """Run the failed steps of EVENT_ID (or, with --failed, of every event) again.
+
+    Attempts start from zero; the workers of `recflow serve` or
+    `recflow worker` pick the steps up.
+    """
+    import time
+
+    if bool(event_id) == all_failed:
+        raise click.UsageError("give an EVENT_ID or --failed, not both")
+    _, runtime = _open_backend(config_file)
+    try:
+        journal = runtime.journal
+        if event_id:
+            try:
+                row = journal.get_event(event_id)
+            except LookupError as exc:
+                raise click.ClickException(str(exc)) from None
+            if row is None:
+                raise click.ClickException(f"no event with id {event_id!r}")
+            event_id = row["id"]
+        keys = journal.retry(event_id, time.time())
+        runtime.queue.put_many(keys)
+    finally:
+        runtime.close()
+    if not keys:
+        click.echo("no failed steps" + (f" for event {event_id}" if event_id else ""))
+        return
+    for key in keys:
+        click.echo(f"queued again: {key.event_id[:12]} {key.rule}#{key.step_index + 1}")
+
+
+@cli.command()
+@config_option
+@click.argument("status", type=click.Choice(["completed", "in-progress", "absent", "failed"]))
+@click.option("--duration", type=click.IntRange(1, 3600), default=5, show_default=True,
+              help="seconds of audio")  # fmt: skip
+@click.option("--url", default=None, help="callback URL (default: server.listen + server.path)")
+@click.option("--provider", "provider_name", default=None, help="provider name (default: first)")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="seconds to keep serving the media")  # fmt: skip
+def trigger(
+    config_file: str | None,
+    status: str,
+    duration: int,
+    url: str | None,
+    provider_name: str | None,
+    timeout: float,
+) -> None:
+    """Send a realistic signed callback to a running server and serve its audio.
+
+    The audio is served from a throwaway local server at the provider's
+    api_url (point it at http://127.0.0.1:PORT/... for trials) until it is
+    fetched, and deleted if the matching rules delete it.
+    """
+    from recflow import config as config_module
+    from recflow import trigger as trigger_module
+    from recflow.plugins import build_plugin_manager
+
+    loaded = config_module.load(config_path(config_file), build_plugin_manager().actions)
+    ok = trigger_module.run(
+        loaded,
+        status,
+        duration=duration,
+        url=url,
+        provider_name=provider_name,
+        timeout=timeout,
+        echo=click.echo,
+    )
+    if not ok:
+        sys.exit(1)
+
+
 def _add_plugin_commands(group: click.Group) -> None:
     """Add the commands installed plugins contribute, whatever state they are in.
 
@@ -172,12 +512,25 @@ def _add_plugin_commands(group: click.Group) -> None:
     """
     from recflow.plugins import add_commands, build_plugin_manager
 
+    # The command that runs reports broken plugins itself; saying it here too
+    # would print every complaint twice, before logging is even set up.
     try:
-        host = build_plugin_manager(defaults=False, strict=False)
+        with _plugin_logs_off():
+            host = build_plugin_manager(defaults=False, strict=False)
     except Exception as exc:  # never let a plugin stop the command line itself
         click.echo(f"recflow: plugins not loaded: {exc}", err=True)
         return
     add_commands(host, group)
+
+
+@contextlib.contextmanager
+def _plugin_logs_off() -> Iterator[None]:
+    plugins_logger = logging.getLogger("recflow.plugins")
+    plugins_logger.disabled = True
+    try:
+        yield
+    finally:
+        plugins_logger.disabled = False
 
 
 def main() -> None:

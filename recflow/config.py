@@ -4,7 +4,22 @@
 `${NAME:-default}` from the environment, validates the whole file against
 the JSON Schema (the base schema plus each action's `with:` schema),
 compiles rules and templates, and returns a `Config`. Any problem raises
-one `ConfigError` naming file, line and key path; nothing half-loads.
+one `ConfigError` naming file, line and key path (the first; the others
+found in the same pass ride along in `.others`); nothing half-loads.
+
+Details a user meets:
+
+- `${NAME:-default}` uses the default when NAME is unset or empty;
+  `$${NAME}` is the literal text `${NAME}`. A plain (unquoted) value that
+  is one reference takes the YAML type of what it expands to
+  (`workers: ${WORKERS}` is a number); under `providers` values always
+  stay strings, since tokens may look like numbers.
+- Every value taken from the environment and every password written in a
+  URL goes into `Config.secrets`, as do providers' tokens and keys.
+- `sqlite:///relative` backends and `file://./` or `file://../` prefixes
+  of step parameters are resolved against the config file's directory.
+- A signalwire `space` without a dot is a space name: `acme` means
+  `acme.signalwire.com`.
 
 Knows the schema, the event and the rules; nothing that runs.
 """
@@ -15,7 +30,7 @@ import dataclasses
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import jsonschema
@@ -41,6 +56,9 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = 65536
     verify_signatures: bool = True
+    # Seconds a client has to send a request's headers, and again its body:
+    # a client that dribbles bytes cannot hold a connection longer.
+    read_timeout: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +124,9 @@ class Config:
     workers: int
     rules: tuple[RuleConfig, ...]
     secrets: frozenset[str]
+    # Problems that do not stop a load but that whoever runs it should
+    # hear of: `recflow check` prints them, `recflow serve` logs them.
+    warnings: tuple[str, ...] = ()
 
     def provider_for(self, account_sid: str) -> ProviderConfig | None:
         for provider in self.providers:
@@ -146,26 +167,40 @@ _BOUND_WORDS = {
 }
 
 
-def load(path: str, actions: Mapping[str, ActionSpec]) -> Config:
+def load(
+    path: str,
+    actions: Mapping[str, ActionSpec],
+    *,
+    missing_action: Callable[[str], str] | None = None,
+) -> Config:
     """Read, check and compile the config file at `path`.
 
-    `actions` is what rules may name (`build_plugin_manager().actions`).
+    `actions` is what rules may name (`build_plugin_manager().actions`);
+    `missing_action(name)`, if given (`PluginHost.missing_action`), says
+    why an action is unknown, e.g. that the plugin adding it is broken.
     Raises one `ConfigError` (the first problem, in file order, with the
     rest in `.others`) and returns nothing half-loaded. Messages never
     contain a secret.
     """
-    return _Loader(path, actions).load()
+    return _Loader(path, actions, missing_action).load()
 
 
 class _Loader:
     """One load of one file: its line map, its secrets, its errors so far."""
 
-    def __init__(self, path: str, actions: Mapping[str, ActionSpec]) -> None:
+    def __init__(
+        self,
+        path: str,
+        actions: Mapping[str, ActionSpec],
+        missing_action: Callable[[str], str] | None = None,
+    ) -> None:
         self.file = path
+        self.missing_action = missing_action
         self.base_dir = os.path.dirname(os.path.abspath(path))
         self.actions = actions
         self.lines: dict[str, int] = {}
         self.secrets: set[str] = set()
+        self.from_env: set[str] = set()
         self.errors: list[ConfigError] = []
 
     def load(self) -> Config:
@@ -196,7 +231,28 @@ class _Loader:
             workers=doc.get("workers", 4),
             rules=rules,
             secrets=frozenset(self.secrets),
+            warnings=self._warnings(server),
         )
+
+    def _warnings(self, server: ServerConfig) -> tuple[str, ...]:
+        warnings = []
+        if not server.verify_signatures:
+            warnings.append(
+                "server.verify_signatures is false: anyone who can reach the server"
+                " can post callbacks"
+            )
+        written = self.secrets - self.from_env
+        try:
+            mode = os.stat(self.file).st_mode
+        except OSError:
+            mode = 0
+        if written and mode & 0o044:
+            warnings.append(
+                f"{self.file} is readable by other users (mode {mode & 0o777:o}) and holds"
+                " secrets written in it: chmod 600 it, or take them from the environment"
+                " with ${NAME}"
+            )
+        return tuple(warnings)
 
     # -- errors --------------------------------------------------------------
 
@@ -249,7 +305,10 @@ class _Loader:
             return self._build(loader, node, "")
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
+            # At the end of the stream the mark is past the last line; the
+            # construct left open is on the last line that has any text.
+            last = len(text.rstrip().splitlines()) or 1
+            line = min(mark.line + 1, last) if mark else None
             problem = exc.problem or exc.context or "cannot parse"
             self._fail(f"YAML syntax: {problem}", "", line)
         except yaml.YAMLError as exc:
@@ -317,6 +376,7 @@ class _Loader:
                 return ""
             if value:
                 self.secrets.add(value)
+                self.from_env.add(value)
             return value
 
         result = _REFERENCE.sub(replace, text)
@@ -403,6 +463,7 @@ class _Loader:
             trusted_proxies=tuple(proxies),
             max_body_bytes=raw.get("max_body_bytes", defaults.max_body_bytes),
             verify_signatures=raw.get("verify_signatures", True),
+            read_timeout=float(raw.get("read_timeout", defaults.read_timeout)),
         )
 
     def _providers(self, raw: list[dict[str, Any]]) -> tuple[ProviderConfig, ...]:
@@ -423,7 +484,7 @@ class _Loader:
             account = item["account_sid"]
             if account in accounts:
                 self._error(
-                    f"this account_sid is also provider {accounts[account]!r}'s;"
+                    f"this account_sid is also used by provider {accounts[account]!r};"
                     " each account may be listed once",
                     join_path(path, "account_sid"),
                 )
@@ -532,12 +593,17 @@ class _Loader:
             spec = self.actions.get(action)
             if spec is None:
                 known = ", ".join(sorted(self.actions)) or "none"
-                self._error(
-                    f"unknown action {action!r}; known actions: {known}",
-                    join_path(here, "action"),
-                )
+                why = f"unknown action {action!r}; known actions: {known}"
+                if self.missing_action is not None:
+                    why = self.missing_action(action)
+                self._error(why, join_path(here, "action"))
             else:
-                self._validate(params, _action_validator(spec), join_path(here, "with"))
+                try:
+                    validator = _action_validator(spec)
+                except ConfigError as exc:
+                    self._error(exc.message, join_path(here, "action"))
+                else:
+                    self._validate(params, validator, join_path(here, "with"))
             try:
                 compiled = compile_params(params, join_path(here, "with"), self.lines)
             except ConfigError as exc:

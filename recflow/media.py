@@ -114,26 +114,26 @@ class Media:
             )
 
     def iter_bytes(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """The body in chunks of at most about `chunk_size` bytes, checked for length."""
+        """The body in chunks of about `chunk_size` bytes, checked for length."""
         if self._chunks is None:
             raise RuntimeError("iter_bytes can be called only once")
-        received = 0
-        pending = self._head
         chunks, self._chunks = self._chunks, None
+        received = 0
+        pending = bytearray(self._head)
         try:
             for chunk in chunks:
                 pending += chunk
-                while len(pending) >= chunk_size:
-                    out, pending = pending[:chunk_size], pending[chunk_size:]
-                    received += len(out)
-                    yield out
+                if len(pending) >= chunk_size:
+                    received += len(pending)
+                    yield bytes(pending)
+                    pending.clear()
         except httpx.HTTPError as exc:
             raise ActionError(
                 f"media transfer broke after {received + len(pending)} bytes: {_reason(exc)}"
             ) from None
         if pending:
             received += len(pending)
-            yield pending
+            yield bytes(pending)
         if self.length is not None and received != self.length:
             raise ActionError(f"media transfer ended at {received} of {self.length} bytes")
 
@@ -195,9 +195,7 @@ def _check_own_origin(url: str, provider: ProviderConfig) -> None:
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         raise ActionError("media URL carries credentials of its own: refused", permanent=True)
-    if parts.scheme.lower() not in _DEFAULT_PORTS or origin_of(url) != origin_of(
-        provider.origin
-    ):
+    if parts.scheme.lower() not in _DEFAULT_PORTS or origin_of(url) != origin_of(provider.origin):
         raise ActionError(
             f"media URL {origin_of(url)} is not on provider {provider.name}'s API origin"
             f" {origin_of(provider.origin)}: refused",

@@ -309,28 +309,26 @@ def describe(host: PluginHost) -> list[dict[str, Any]]:
 def add_commands(host: PluginHost, group: click.Group) -> None:
     """Let each plugin add its commands to `group`, one plugin at a time.
 
-    A plugin whose `register_commands` raises, or that replaces one of
-    recflow's own commands, is left out and recorded in `host.broken`:
-    the command line must keep working with a broken plugin installed.
+    A plugin whose `register_commands` raises, or that replaces a command
+    already there (recflow's own or an earlier plugin's), is left out and
+    recorded in `host.broken`: the command line must keep working with a
+    broken plugin installed.
     """
-    own = dict(group.commands)
     for impl in host.pm.hook.register_commands.get_hookimpls():
         plugin_name = host.pm.get_name(impl.plugin) or repr(impl.plugin)
         before = dict(group.commands)
         try:
             impl.function(**{arg: group for arg in impl.argnames})
         except Exception as exc:  # a third party's hook can raise anything
-            group.commands.clear()
-            group.commands.update(before)
-            host.broken[plugin_name] = f"register_commands failed: {_one_line(exc)}"
-            continue
-        clashes = sorted(n for n in own if group.commands.get(n) is not own[n])
-        if clashes:
-            group.commands.clear()
-            group.commands.update(before)
-            host.broken[plugin_name] = (
-                f"register_commands failed: command {clashes[0]!r} is recflow's own"
-            )
+            error = f"register_commands failed: {_one_line(exc)}"
+        else:
+            taken = sorted(n for n in before if group.commands.get(n) is not before[n])
+            if not taken:
+                continue
+            error = f"register_commands failed: command {taken[0]!r} is already taken"
+        group.commands.clear()
+        group.commands.update(before)
+        host.broken[plugin_name] = error
 
 
 def plugin_version(pm: pluggy.PluginManager, name: str) -> str | None:

@@ -5,7 +5,9 @@ GET), `GET /healthz`, and any route a plugin registers. A callback goes
 through these checks in this order, and the first that fails answers:
 
 1. body size: 413, from `Content-Length` before reading anything, else
-   while the body streams in, stopping as soon as it passes the limit;
+   while the body streams in, stopping as soon as it passes the limit; a
+   body not received within `server.read_timeout` seconds gets 408, so a
+   client sending a byte at a time cannot hold the server;
 2. content type: 415 unless `application/x-www-form-urlencoded` or
    `application/json` (a `charset` other than UTF-8 is refused too); a GET
    carries its parameters in the query and has no body;
@@ -32,6 +34,7 @@ that case.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import json
@@ -120,7 +123,11 @@ class _Receiver:
             event, matched, new = await self._accept(request, seen)
         except RequestError as exc:
             self._log_refusal(seen, exc.status, exc.detail)
-            return _error(exc.status, exc.reason, seen.request_id)
+            response = _error(exc.status, exc.reason, seen.request_id)
+            if exc.status == 408:
+                # The rest of a slow body would hold the connection: drop it.
+                response.headers["Connection"] = "close"
+            return response
         except BackendError as exc:
             self._log_refusal(seen, 503, f"backend cannot commit: {exc}")
             return _error(503, "backend unavailable", seen.request_id)
@@ -156,7 +163,7 @@ class _Receiver:
         raw_body = b""
         media: str | None = None
         if request.method == "POST":
-            raw_body = await _read_body(request, limit)
+            raw_body = await _read_body(request, limit, self.config.server.read_timeout)
             media = _media_type(request.headers.get("content-type"))
 
         query_pairs = _parse_pairs(request.scope.get("query_string", b""), "query string")
@@ -267,17 +274,22 @@ def _check_content_length(request: Request, limit: int) -> None:
         raise RequestError(413, "body too large", f"Content-Length {length} is over {limit} bytes")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, "body too large", f"body passed {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, "body too large", f"body passed {limit} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:
         raise RequestError(400, "malformed request", "client disconnected mid-body") from None
+    except TimeoutError:
+        raise RequestError(
+            408, "request timeout", f"body not complete after {timeout:g} s ({size} bytes)"
+        ) from None
     return b"".join(chunks)
 
 

@@ -121,9 +121,9 @@ class Field:
 
     def evaluate(self, event: Event) -> bool:
         value = self._get(event)
-        if self.op == "exists":
-            return _known(value) is self.operand
-        return value is not None and self._test(value)
+        if value is None:
+            return self.op == "exists" and self.operand is False
+        return self._test(value)
 
     def explain(self, event: Event) -> str:
         value = self._get(event)
@@ -268,7 +268,9 @@ def _test(op: str, operand: typing.Any, path: str) -> tuple[Callable[[typing.Any
         return order, f"{symbol} {_show(operand)}", f"is not {symbol} {_show(operand)}"
     if op == "matches":
         if not isinstance(operand, str):
-            raise ConfigError(f"found {describe(operand)}; expected a regular expression", path=path)
+            raise ConfigError(
+                f"found {describe(operand)}; expected a regular expression", path=path
+            )
         try:
             pattern = re.compile(operand)
         except re.error as exc:
@@ -284,7 +286,8 @@ def _test(op: str, operand: typing.Any, path: str) -> tuple[Callable[[typing.Any
     if op == "exists":
         if not isinstance(operand, bool):
             raise ConfigError(f"found {describe(operand)}; expected true or false", path=path)
-        return (lambda value: True), "exists", "does not exist"
+        # Called only with a known value; an empty string counts as absent.
+        return (lambda value: (value != "") is operand), "exists", "does not exist"
     raise ConfigError(f"unknown operator {op!r}; accepted: {', '.join(OPERATORS)}", path=path)
 
 

@@ -35,6 +35,7 @@ _SERVER: dict[str, Any] = {
         },
         "trusted_proxies": {"type": "array", "items": _NON_EMPTY},
         "max_body_bytes": {"type": "integer", "minimum": 1024},
+        "read_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
         "verify_signatures": {"type": "boolean"},
     },
 }

@@ -34,6 +34,7 @@ from recflow.journal import Claim, Journal, Owner
 from recflow.plugins import PluginHost
 from recflow.queue import StepKey, StepQueue
 from recflow.secrets import Redactor
+from recflow.templates import render_params
 
 logger = logging.getLogger(__name__)
 action_logger = logging.getLogger("recflow.action")
@@ -123,8 +124,6 @@ class StepRunner:
     def _execute(
         self, claim: Claim, event: Event, rule: RuleConfig, step: StepConfig
     ) -> dict[str, Any]:
-        from recflow.templates import render_params
-
         spec = self.host.actions.get(step.action)
         if spec is None:
             raise _Permanent(f"action {step.action!r} is not installed")
@@ -282,6 +281,8 @@ class WorkerPool:
     def _work(self) -> None:
         idle = 0.01
         while not self._stop.is_set():
+            # Cleared before looking, so an enqueue after the look still wakes us.
+            self.queue.wakeup.clear()
             try:
                 key = self.queue.take()
             except Exception as exc:
@@ -289,7 +290,6 @@ class WorkerPool:
                 key = None
             if key is None:
                 self.queue.wakeup.wait(idle)
-                self.queue.wakeup.clear()
                 idle = min(idle * 2, 0.5)
                 continue
             idle = 0.01

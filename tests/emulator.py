@@ -261,9 +261,14 @@ def _synthetic(size: int, head_only: bool) -> Response:
 
 async def _synthetic_body(size: int) -> AsyncIterator[bytes]:
     data_size = size - 44
-    yield b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16
-    ) + b"data" + struct.pack("<I", data_size)
+    yield (
+        b"RIFF"
+        + struct.pack("<I", size - 8)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_size)
+    )
     block = bytes(range(256)) * 1024
     sent = 0
     while sent < data_size:

@@ -8,13 +8,10 @@ installed with pip like any third-party plugin.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +73,7 @@ def step(
 
 
 def rule(name: str, *steps: StepConfig) -> RuleConfig:
-    numbered = tuple(
-        StepConfig(**{**s.__dict__, "index": i}) for i, s in enumerate(steps)
-    )
+    numbered = tuple(StepConfig(**{**s.__dict__, "index": i}) for i, s in enumerate(steps))
     return RuleConfig(name=name, when=None, steps=numbered)
 
 
@@ -149,37 +144,41 @@ def settled(journal: Any, event_id: str) -> list[dict[str, Any]] | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def write_config(
+    tmp_path: Path, steps_yaml: str, backend: str = "sqlite:///./var/recflow.db", workers: int = 2
+) -> Path:
+    """A config.yaml with the test provider and one rule `log` of `steps_yaml`.
 
-
-def redis_server(tmp_path: Path) -> Iterator[str]:
-    """Start a throwaway redis-server on a free port; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    `steps_yaml` is the YAML list of steps, indented by 6 spaces.
+    """
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""\
+providers:
+  - name: main
+    kind: twilio
+    account_sid: {ACCOUNT}
+    api_token: ${{TEST_TOKEN}}
+    api_url: http://127.0.0.1:9/2010-04-01
+backend: {backend}
+workers: {workers}
+rules:
+  - name: log
+    steps:
+{steps_yaml}"""
     )
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        wait_for(lambda: _pings(client), 10, "redis-server to start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        os.kill(proc.pid, 15)
-        proc.wait(10)
+    return path
 
 
-def _pings(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
+def callback_pairs(recording: str, status: str = "completed") -> list[tuple[str, str]]:
+    return [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", "CA" + "1" * 32),
+        ("RecordingSid", recording),
+        (
+            "RecordingUrl",
+            f"http://127.0.0.1:9/2010-04-01/Accounts/{ACCOUNT}/Recordings/{recording}",
+        ),
+        ("RecordingStatus", status),
+        ("RecordingDuration", "7"),
+    ]

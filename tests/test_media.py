@@ -131,4 +131,3 @@ def test_head_length(emulator: Emulator) -> None:
     length = head_length(emulator.recording_url(SID), emulator.provider(), "wav")
     assert length == len(audio(1.0))
     assert emulator.requests[0].method == "HEAD"
-

@@ -18,6 +18,7 @@ from pipeline_util import (
     submit,
     wait_for,
 )
+from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixtures)
 
 from recflow import hookimpl
 from recflow.errors import BackendError
@@ -50,12 +51,12 @@ class Seen:
         self.received.append((event.id, rules))
 
 
-def test_new_event_is_recorded_with_first_steps_queued(tmp_path, runtimes):
+def test_new_event_is_recorded_with_first_steps_queued(tmp_path, runtimes, backend_url):  # noqa: F811
     rules = (
         rule("archive", step("t_append", {"file": "a"}), step("t_append", {"file": "b"})),
         rule("mail", step("t_echo", {}, id="echo")),
     )
-    runtime = runtimes(make_config(tmp_path, rules))
+    runtime = runtimes(make_config(tmp_path, rules, backend_url))
     event = make_event()
 
     assert submit(runtime, event, rules) is True
@@ -70,9 +71,9 @@ def test_new_event_is_recorded_with_first_steps_queued(tmp_path, runtimes):
     assert runtime.queue.pending() == 2
 
 
-def test_duplicate_is_acknowledged_and_runs_nothing(tmp_path, runtimes):
+def test_duplicate_is_acknowledged_and_runs_nothing(tmp_path, runtimes, backend_url):  # noqa: F811
     rules = (rule("r", step("t_echo")),)
-    runtime = runtimes(make_config(tmp_path, rules))
+    runtime = runtimes(make_config(tmp_path, rules, backend_url))
     event = make_event()
 
     assert submit(runtime, event, rules) is True
@@ -81,11 +82,11 @@ def test_duplicate_is_acknowledged_and_runs_nothing(tmp_path, runtimes):
     assert runtime.queue.pending() == 2
 
 
-def test_ten_identical_callbacks_at_once_run_once(tmp_path, runtimes):
+def test_ten_identical_callbacks_at_once_run_once(tmp_path, runtimes, backend_url):  # noqa: F811
     out = tmp_path / "runs.txt"
     rules = (rule("r", step("t_append", {"file": str(out)})),)
     seen = Seen()
-    runtime = runtimes(make_config(tmp_path, rules), plugin_host(seen), workers=4)
+    runtime = runtimes(make_config(tmp_path, rules, backend_url), plugin_host(seen), workers=4)
     event = make_event()
 
     async def burst():
@@ -99,9 +100,9 @@ def test_ten_identical_callbacks_at_once_run_once(tmp_path, runtimes):
     assert seen.received == [(event.id, ["r"])]
 
 
-def test_a_burst_of_distinct_callbacks_all_commit(tmp_path, runtimes):
+def test_a_burst_of_distinct_callbacks_all_commit(tmp_path, runtimes, backend_url):  # noqa: F811
     rules = (rule("r", step("t_echo")),)
-    runtime = runtimes(make_config(tmp_path, rules))
+    runtime = runtimes(make_config(tmp_path, rules, backend_url))
     events = [make_event(f"RE{i}") for i in range(200)]
 
     async def burst():
@@ -144,10 +145,10 @@ def test_healthy_while_open_and_refuses_after_close(tmp_path):
         asyncio.run(runtime.pipeline.submit(make_event(), ()))
 
 
-def test_steps_queued_before_a_restart_run_after_it(tmp_path, runtimes):
+def test_steps_queued_before_a_restart_run_after_it(tmp_path, runtimes, backend_url):  # noqa: F811
     out = tmp_path / "runs.txt"
     rules = (rule("r", step("t_append", {"file": str(out)}), step("t_append", {"file": str(out)})),)
-    config = make_config(tmp_path, rules)
+    config = make_config(tmp_path, rules, backend_url)
     first = runtimes(config)
     event = make_event()
     submit(first, event, rules)

@@ -22,7 +22,8 @@ from recflow.verify import (
     signed_url_candidates,
 )
 
-VECTORS = json.loads(Path("/work/shared/samples/signatures.json").read_text())["cases"]
+SAMPLES = Path(__file__).parent / "samples"
+VECTORS = json.loads((SAMPLES / "signatures.json").read_text())["cases"]
 KEY = "PSK_test_9c1d2e"
 OTHER_KEY = "PSK_other_77aa"
 

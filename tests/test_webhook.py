@@ -76,9 +76,9 @@ def test_timeout_is_retried(emulator: Emulator) -> None:
         await asyncio.sleep(1)
         return Response()
 
-    with serve_app(Starlette(routes=[Route("/", slow, methods=["POST"])])) as url:
-        with pytest.raises(ActionError, match="timed out") as info:
-            webhook.run({"url": url + "/", "timeout": 0.2}, step_context(emulator, SID))
+    app = Starlette(routes=[Route("/", slow, methods=["POST"])])
+    with serve_app(app) as url, pytest.raises(ActionError, match="timed out") as info:
+        webhook.run({"url": url + "/", "timeout": 0.2}, step_context(emulator, SID))
     assert not info.value.permanent
 
 

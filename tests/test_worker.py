@@ -19,6 +19,7 @@ from pipeline_util import (
     submit,
     wait_for,
 )
+from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixtures)
 
 from recflow import hookimpl
 from recflow.journal import Owner
@@ -47,12 +48,13 @@ class Outcomes:
 
 
 @pytest.fixture
-def run_rules(tmp_path):
+def run_rules(tmp_path, backend_url):  # noqa: F811
     """Submit one event for `rules` to a runtime with workers; wait until settled."""
     opened = []
 
     def run(rules, host=None, event=None):
-        runtime = open_runtime(make_config(tmp_path, rules), host or plugin_host())
+        config = make_config(tmp_path, rules, backend=backend_url)
+        runtime = open_runtime(config, host or plugin_host())
         opened.append(runtime)
         runtime.start(2)
         event = event or make_event()
@@ -160,7 +162,9 @@ def test_permanent_failures_skip_the_attempts_left(run_rules, failing, error):
 
 
 def test_unexpected_exception_is_retried_and_recorded_in_one_line(run_rules):
-    _, _, steps = run_rules((rule("r", step("t_crash", {"message": "bug\non two lines"}, attempts=2)),))
+    _, _, steps = run_rules(
+        (rule("r", step("t_crash", {"message": "bug\non two lines"}, attempts=2)),)
+    )
 
     assert (steps[0]["state"], steps[0]["attempts"]) == ("failed", 2)
     assert steps[0]["error"] == "RuntimeError: bug on two lines"
@@ -238,7 +242,9 @@ def test_step_held_by_a_live_worker_is_left_alone(tmp_path):
 def test_close_lets_a_running_step_finish(tmp_path):
     out = tmp_path / "out.txt"
     started = tmp_path / "started.txt"
-    rules = (rule("r", step("t_append", {"file": str(out), "started": str(started), "sleep": 0.5})),)
+    rules = (
+        rule("r", step("t_append", {"file": str(out), "started": str(started), "sleep": 0.5})),
+    )
     runtime = open_runtime(make_config(tmp_path, rules), plugin_host())
     runtime.start(1)
     event = make_event()
@@ -255,3 +261,25 @@ def _exited_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_a_step_longer_than_its_lease_keeps_it_by_renewing(tmp_path):
+    out = tmp_path / "out.txt"
+    rules = (rule("r", step("t_append", {"file": str(out), "sleep": 1.5})),)
+    runtime = open_runtime(
+        make_config(tmp_path, rules),
+        plugin_host(),
+        lease=0.6,
+        recovery_interval=0.1,
+        recovery_grace=0.1,
+    )
+    runtime.start(2)
+    event = make_event()
+    try:
+        submit(runtime, event, rules)
+        steps = wait_for(lambda: settled(runtime.journal, event.id), what="the long step")
+    finally:
+        runtime.close()
+
+    assert (steps[0]["state"], steps[0]["attempts"]) == ("done", 1)
+    assert len(lines(out)) == 1

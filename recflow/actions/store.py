@@ -99,7 +99,9 @@ def run(params: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         ) from None
     except PermissionError as exc:
         _remove(fs, temp)
-        raise ActionError(f"cannot store at {_public(to)}: denied ({exc})", permanent=True) from None
+        raise ActionError(
+            f"cannot store at {_public(to)}: access denied ({exc})", permanent=True
+        ) from None
     except OSError as exc:
         _remove(fs, temp)
         raise ActionError(f"cannot store at {_public(to)}: {exc}") from None

@@ -1,16 +1,17 @@
 """Turning a recording into what speech engines want: 16 kHz mono 16-bit PCM.
 
-Providers send WAV at 8 kHz, 16-bit, one or two channels. Plain PCM WAV
-(8, 16, 24 or 32 bits, any rate, any number of channels) is converted here
-in pure Python, a block at a time, so memory stays flat however long the
-call: channels are averaged and the rate is changed by linear
-interpolation, which is enough for telephone speech (it has nothing above
-4 kHz to alias). Anything else (mu-law WAV, MP3) is decoded by `ffmpeg`,
-else `sox`, when one is on PATH.
+Providers send WAV at 8 kHz, 16-bit, one or two channels. When `ffmpeg`
+(else `sox`) is on PATH it decodes and resamples, with a proper
+band-limiting filter, and takes any format it knows (mu-law WAV, MP3).
+Without them, plain PCM WAV (8, 16, 24 or 32 bits, any rate and number of
+channels) is converted here in pure Python: channels averaged, the rate
+changed by linear interpolation. Both stream a block at a time, so memory
+stays flat however long the call.
 
-Known shortcoming: downsampling a wide-band recording (44.1 or 48 kHz) by
-linear interpolation lets some high frequencies alias; recognisers barely
-notice, but a filter would be cleaner.
+Known shortcoming: linear interpolation leaves faint images of the speech
+above 4 kHz when it upsamples telephone audio, and pocketsphinx recognises
+noticeably fewer words from it than from ffmpeg's or sox's output; install
+one of them where transcripts matter.
 """
 
 from __future__ import annotations
@@ -31,23 +32,38 @@ RATE = 16000
 BLOCK_FRAMES = 16000  # one second of input at the providers' 8 kHz, two at 16 kHz
 
 
-def pcm16k(path: str) -> Iterator[bytes]:
+def pcm16k(path: str, *, tools: bool = True) -> Iterator[bytes]:
     """Yield the audio file at `path` as 16 kHz mono signed 16-bit little-endian.
 
-    Raises a permanent `ActionError` when the file is not audio that
-    Python's `wave` module, ffmpeg or sox can decode: trying again would
+    `tools=False` skips ffmpeg and sox. Raises a permanent `ActionError`
+    when the file is not audio that can be decoded: trying again would
     give the same answer.
     """
-    try:
-        reader = wave.open(path, "rb")
-    except (wave.Error, EOFError) as exc:
-        yield from _decode_with_tool(path, str(exc))
+    tool = _tool() if tools else None
+    if tool is not None:
+        yield from _decode_with_tool(path, tool)
         return
-    with reader:
-        if reader.getcomptype() != "NONE" or reader.getsampwidth() not in (1, 2, 3, 4):
-            yield from _decode_with_tool(path, f"compression {reader.getcomptype()}")
-            return
-        yield from _convert(reader)
+    try:
+        with wave.open(path, "rb") as reader:
+            if reader.getcomptype() != "NONE" or reader.getsampwidth() not in (1, 2, 3, 4):
+                raise ActionError(_undecodable(reader.getcompname()), permanent=True)
+            yield from _convert(reader)
+    except (wave.Error, EOFError) as exc:
+        raise ActionError(_undecodable(str(exc)), permanent=True) from None
+
+
+def _undecodable(why: str) -> str:
+    return (
+        f"the recording is not plain PCM WAV ({why}) and neither ffmpeg nor sox is"
+        " installed to decode it"
+    )
+
+
+def _tool() -> str | None:
+    for name in ("ffmpeg", "sox"):
+        if shutil.which(name):
+            return name
+    return None
 
 
 def _convert(reader: wave.Wave_read) -> Iterator[bytes]:
@@ -124,23 +140,17 @@ class _Resampler:
         return out
 
 
-def _decode_with_tool(path: str, why: str) -> Iterator[bytes]:
-    """Decode anything else with ffmpeg or sox, streaming their output."""
-    if shutil.which("ffmpeg"):
+def _decode_with_tool(path: str, tool: str) -> Iterator[bytes]:
+    """Decode and resample with ffmpeg or sox, streaming their output."""
+    if tool == "ffmpeg":
         command = [
             "ffmpeg", "-nostdin", "-loglevel", "error", "-i", path,
             "-f", "s16le", "-ac", "1", "-ar", str(RATE), "-",
         ]  # fmt: skip
-    elif shutil.which("sox"):
-        command = ["sox", "-q", path, "-t", "raw", "-e", "signed", "-b", "16", "-c", "1"]
-        command += ["-r", str(RATE), "-L", "-"]
     else:
-        raise ActionError(
-            f"the recording is not plain PCM WAV ({why}) and neither ffmpeg nor sox"
-            " is installed to decode it",
-            permanent=True,
-        )
-    logger.debug("decoding %s with %s (%s)", path, command[0], why)
+        command = ["sox", "-q", "-V1", path, "-t", "raw", "-e", "signed", "-b", "16"]
+        command += ["-c", "1", "-r", str(RATE), "-L", "-"]
+    logger.debug("decoding %s with %s", path, tool)
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     ) as proc:
@@ -151,5 +161,5 @@ def _decode_with_tool(path: str, why: str) -> Iterator[bytes]:
         if proc.wait() != 0:
             first = error.splitlines()[-1] if error else f"exit status {proc.returncode}"
             raise ActionError(
-                f"the recording could not be decoded by {command[0]}: {first}", permanent=True
+                f"the recording could not be decoded by {tool}: {first}", permanent=True
             )

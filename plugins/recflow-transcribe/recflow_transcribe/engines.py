@@ -90,9 +90,7 @@ def _factory(name: str) -> Callable[..., Engine]:
                 ) from None
             return loaded
         known = ", ".join(engine_names())
-        raise ActionError(
-            f"unknown transcribe engine {name!r} (known: {known})", permanent=True
-        )
+        raise ActionError(f"unknown transcribe engine {name!r} (known: {known})", permanent=True)
     module_name, _, attr = target.partition(":")
     factory: Callable[..., Engine] = getattr(importlib.import_module(module_name), attr)
     return factory

@@ -9,6 +9,7 @@ upper half of its band); pick another engine where the words matter.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,7 +25,7 @@ class PocketsphinxEngine:
     """Transcribes with pocketsphinx; `hmm`, `lm`, `dict` point at other models."""
 
     def __init__(self, *, hmm: str | None = None, lm: str | None = None, dict: str | None = None):
-        self.config: dict[str, Any] = {
+        self.config: builtins.dict[str, Any] = {
             key: value
             for key, value in (("hmm", hmm), ("lm", lm), ("dict", dict))
             if value is not None
@@ -36,6 +37,7 @@ class PocketsphinxEngine:
         decoder = Decoder(samprate=rate, loglevel="FATAL", **self.config)
         endpointer = Endpointer(sample_rate=rate)
         words: list[Word] = []
+        utterance: list[bytes] = []
         start = 0.0
         for frame in _frames(pcm, endpointer.frame_bytes):
             was_in_speech = endpointer.in_speech
@@ -46,12 +48,16 @@ class PocketsphinxEngine:
             if speech is None:
                 continue
             if not was_in_speech:
-                decoder.start_utt()
                 start = endpointer.speech_start
-            decoder.process_raw(speech)
+            utterance.append(speech)
             if not endpointer.in_speech:
+                # Decoding a whole utterance at once lets pocketsphinx normalise
+                # it as a batch, which recognises markedly more words than live.
+                decoder.start_utt()
+                decoder.process_raw(b"".join(utterance), full_utt=True)
                 decoder.end_utt()
                 words.extend(_words(decoder, start))
+                utterance.clear()
         return {"text": " ".join(w["word"] for w in words), "words": words}
 
 
@@ -76,7 +82,9 @@ def _frames(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     pending = b""
     for chunk in chunks:
         pending += chunk
-        while len(pending) >= size:
-            yield pending[:size]
-            pending = pending[size:]
-    yield pending
+        whole = len(pending) - len(pending) % size
+        for i in range(0, whole, size):
+            yield pending[i : i + size]
+        pending = pending[whole:]
+    # The final, shorter frame flushes the detector, which refuses an empty one.
+    yield pending or bytes(2)

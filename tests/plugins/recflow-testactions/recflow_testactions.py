@@ -50,7 +50,9 @@ def fail(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
         _append_line(params["file"], str(ctx.attempt))
     if params.get("unless_exists") and os.path.exists(params["unless_exists"]):
         return {"recovered": True}
-    raise ActionError(params.get("message", "always fails"), permanent=params.get("permanent", False))
+    raise ActionError(
+        params.get("message", "always fails"), permanent=params.get("permanent", False)
+    )
 
 
 def crash(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -66,7 +68,9 @@ async def echo(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
 @hookimpl
 def register_actions(register: Any) -> None:
-    register(ActionSpec(name="t_append", run=append, schema=_FILE, description=append.__doc__ or ""))
+    register(
+        ActionSpec(name="t_append", run=append, schema=_FILE, description=append.__doc__ or "")
+    )
     register(ActionSpec(name="t_flaky", run=flaky, schema=_FILE, description=flaky.__doc__ or ""))
     register(ActionSpec(name="t_fail", run=fail, description=fail.__doc__ or ""))
     register(ActionSpec(name="t_crash", run=crash, description=crash.__doc__ or ""))

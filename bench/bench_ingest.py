@@ -1,0 +1,290 @@
+"""How fast recflow acknowledges callbacks, and how soon their steps run.
+
+    python bench/bench_ingest.py [--requests 2000] [--concurrency 32] [--backend URL]
+
+Three servers, each the real receiver app (verification, parsing, rules)
+under uvicorn in its own process, loaded over HTTP by `wrk` (Debian's
+package) with distinct callbacks signed beforehand:
+
+1. `null`: answers after matching, without enqueueing anything;
+2. `durable`: commits each callback to the backend before answering
+   (grouped commits, one fsync per group);
+3. `work`: durable, with two worker threads running one trivial step.
+
+It prints callbacks acknowledged per second for 1 and 2 and their ratio,
+then the time from each acknowledgement to its step done (median, p99),
+measured at a low rate so that it shows the pipeline's delay, not a
+backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+ACCOUNT = "AC" + "b" * 32
+TOKEN = "bench_auth_token"
+PATH = "/recordings"
+
+
+# -- the server side ----------------------------------------------------------
+
+
+class _NullPipeline:
+    async def submit(self, event: Any, rules: Sequence[Any]) -> bool:
+        return True
+
+    async def healthy(self) -> bool:
+        return True
+
+
+class _BenchPlugin:
+    """A trivial step: note when it ran, for the ack-to-done latency."""
+
+    def __init__(self) -> None:
+        from recflow import hookimpl
+        from recflow.plugins import ActionSpec
+
+        def done(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            with open(params["file"], "a", encoding="utf-8") as out:
+                out.write(f"{ctx.event.recording_sid} {time.time()!r}\n")
+            return {}
+
+        @hookimpl
+        def register_actions(register: Any) -> None:
+            register(ActionSpec(name="bench_done", run=done))
+
+        self.register_actions = register_actions
+
+
+def serve(mode: str, config_path: str, port_file: str) -> None:
+    """Run one server until killed; write its port to `port_file` when ready."""
+    import uvicorn
+
+    from recflow import config as config_module
+    from recflow import pipeline, receive
+    from recflow.plugins import build_plugin_manager
+
+    host = build_plugin_manager(extra=(_BenchPlugin(),))
+    config = config_module.load(config_path, host.actions)
+    runtime = None
+    if mode == "null":
+        app = receive.create_app(config, host, _NullPipeline())
+    else:
+        runtime = pipeline.open_runtime(config, host)
+        runtime.start(2 if mode == "work" else 0)
+        app = receive.create_app(config, host, runtime.pipeline)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    Path(port_file).write_text(str(sock.getsockname()[1]))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    )
+    server.run(sockets=[sock])
+    if runtime is not None:
+        runtime.close()
+
+
+# -- the client side ----------------------------------------------------------
+
+
+def _write_config(directory: Path, backend: str | None) -> Path:
+    path = directory / "config.yaml"
+    path.write_text(
+        f"""\
+server: {{path: {PATH}}}
+providers:
+  - name: bench
+    kind: twilio
+    account_sid: {ACCOUNT}
+    api_token: {TOKEN}
+    api_url: http://127.0.0.1:9/2010-04-01
+backend: {backend or "sqlite:///./recflow.db"}
+rules:
+  - name: bench
+    steps:
+      - action: bench_done
+        with: {{file: "{directory / "done.txt"}"}}
+"""
+    )
+    return path
+
+
+@contextlib.contextmanager
+def _server(mode: str, config: Path) -> Iterator[str]:
+    port_file = config.parent / f"port-{mode}"
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve", mode, str(config), str(port_file)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the {mode} server did not start")
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port_file.read_text()}"
+        _wait_healthy(base)
+        yield base + PATH
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _wait_healthy(base: str) -> None:
+    import httpx
+
+    for _ in range(200):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(base + "/healthz", trust_env=False).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"{base} never became healthy")
+
+
+def _signed(url: str, recording: str) -> tuple[bytes, dict[str, str]]:
+    from twilio.request_validator import RequestValidator
+
+    pairs = {
+        "AccountSid": ACCOUNT,
+        "CallSid": "CA" + "c" * 32,
+        "RecordingSid": recording,
+        "RecordingUrl": f"http://127.0.0.1:9/2010-04-01/Accounts/{ACCOUNT}/Recordings/{recording}",
+        "RecordingStatus": "completed",
+        "RecordingDuration": "12",
+    }
+    signature = RequestValidator(TOKEN).compute_signature(url, pairs)
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": signature,
+    }
+    return urlencode(pairs).encode(), headers
+
+
+_WRK_SCRIPT = """
+local requests, counter = {}, 0
+function setup(thread)
+  thread:set("id", setup_count or 0)
+  setup_count = (setup_count or 0) + 1
+end
+function init(args)
+  for line in io.lines(args[1] .. "/requests-" .. id .. ".txt") do
+    local signature, body = line:match("([^\t]*)\t(.*)")
+    table.insert(requests, {signature, body})
+  end
+end
+function request()
+  counter = counter + 1
+  local r = requests[(counter - 1) % #requests + 1]
+  return wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded",
+    ["X-Twilio-Signature"] = r[1]}, r[2])
+end
+"""
+
+
+def _rate(mode: str, directory: Path, backend: str | None, args: argparse.Namespace) -> float:
+    """Callbacks acknowledged per second, measured with wrk, all distinct."""
+    work = directory / mode
+    work.mkdir()
+    config = _write_config(work, backend)
+    script = work / "signed.lua"
+    script.write_text(_WRK_SCRIPT)
+    with _server(mode, config) as url:
+        per_thread = args.requests // args.threads
+        for thread in range(args.threads):
+            with open(work / f"requests-{thread}.txt", "w", encoding="ascii") as out:
+                for i in range(per_thread):
+                    body, headers = _signed(url, f"RE-{mode}-{thread}-{i:07d}")
+                    out.write(f"{headers['X-Twilio-Signature']}\t{body.decode()}\n")
+        result = subprocess.run(
+            ["wrk", f"-t{args.threads}", f"-c{args.concurrency}", f"-d{args.seconds}s",
+             "-s", str(script), url, "--", str(work)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    report = result.stdout
+    if "Non-2xx" in report:
+        raise SystemExit(f"the {mode} server refused callbacks:\n{report}")
+    sent = int(report.split(" requests in ")[0].split()[-1])
+    if sent > args.requests:
+        print(f"  ({mode}: {sent} sent, more than the {args.requests} prepared: raise --requests)")
+    return float(report.split("Requests/sec:")[1].split()[0])
+
+
+def _latency(directory: Path, backend: str | None, count: int) -> list[float]:
+    """Seconds from each acknowledgement to its step done, one callback at a time."""
+    import httpx
+
+    (directory / "work").mkdir()
+    config = _write_config(directory / "work", backend)
+    done_file = directory / "work" / "done.txt"
+    recordings = [f"RE-lat-{i:05d}" for i in range(count)]
+    acked: dict[str, float] = {}
+    with _server("work", config) as url, httpx.Client(trust_env=False) as client:
+        for recording in recordings:
+            body, headers = _signed(url, recording)
+            answer = client.post(url, content=body, headers=headers)
+            if answer.status_code != 204:
+                raise SystemExit(f"unexpected answer {answer.status_code}: {answer.text}")
+            acked[recording] = time.time()
+            time.sleep(0.01)
+        deadline = time.monotonic() + 60
+        while len(_done(done_file)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+    done = _done(done_file)
+    return sorted(done[r] - acked[r] for r in recordings if r in done)
+
+
+def _done(path: Path) -> dict[str, float]:
+    if not path.exists():
+        return {}
+    pairs = (line.split() for line in path.read_text().splitlines() if line.strip())
+    return {recording: float(at) for recording, at in pairs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5, help="wrk's run, per server")
+    parser.add_argument("--requests", type=int, default=60000, help="distinct callbacks prepared")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections")
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--backend", default=None, help="default: a SQLite file in a temp dir")
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(*args.serve)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="recflow-bench-") as tmp:
+        directory = Path(tmp)
+        backend = args.backend or "sqlite:///./recflow.db (temp dir)"
+        print(f"backend {backend}; wrk {args.seconds} s, {args.concurrency} connections")
+        print(f"cpus {os.cpu_count()}")
+        bare = _rate("null", directory, args.backend, args)
+        print(f"answer without enqueue   {bare:8.0f} callbacks/s")
+        durable = _rate("durable", directory, args.backend, args)
+        print(f"durable enqueue          {durable:8.0f} callbacks/s")
+        print(f"ratio bare / durable     {bare / durable:8.2f}")
+        latencies = _latency(directory, args.backend, args.latency_samples)
+        if not latencies:
+            raise SystemExit("no step finished: see the server's log")
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(
+            f"ack -> step done         median {statistics.median(latencies) * 1000:.1f} ms,"
+            f" p99 {p99 * 1000:.1f} ms ({len(latencies)} samples)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Limits uvicorn's HTTP protocol lacks: a header deadline and a header size cap.
+
+uvicorn waits forever for a request's headers once a connection opened
+(its keep-alive timeout only runs between requests), and its httptools
+parser keeps any amount of header bytes. A client that opens connections
+and sends a header byte now and then, or megabytes of headers, would hold
+the server's memory and sockets. `protocol_class(timeout)` returns the
+httptools protocol with both limits: the request line and headers must
+arrive within `timeout` seconds of the connection (or of the end of the
+previous request) and stay under `MAX_HEADER_BYTES`; else the connection
+gets a 408 or 431 and is closed. The body has its own deadline in
+`recflow.receive`.
+
+Known shortcoming: this builds on uvicorn's `HttpToolsProtocol` and its
+parser callbacks, which are not a public API; a uvicorn upgrade that
+renames them breaks `recflow serve` at start, not silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+logger = logging.getLogger(__name__)
+
+# A callback's headers are well under 2 KiB; proxies add a few hundred
+# bytes. 32 KiB leaves room and bounds what one connection can hold.
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request we refuse."""
+
+
+class _GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with a deadline and a size cap on each request's head."""
+
+    header_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._refusal: tuple[int, str] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is None:
+            super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers 400 to any parser error; a refusal of ours says why.
+        if self._refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._answer(*self._refusal)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEADER_BYTES:
+            self._refusal = (431, "Request Header Fields Too Large")
+            # httptools turns this into a parser error; send_400_response answers.
+            raise _Refused(self._refusal[1])
+
+    def _arm(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self.header_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _expire(self) -> None:
+        self._head_deadline = None
+        self._refusal = (408, "Request Timeout")
+        self._answer(*self._refusal)
+
+    def _answer(self, status: int, reason: str) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+        logger.info("connection from %s closed: %d %s", peer, status, reason)
+        body = json.dumps({"error": reason.lower()}).encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+
+
+def protocol_class(header_timeout: float) -> type[asyncio.Protocol]:
+    """The uvicorn `http=` protocol with the given header deadline in seconds."""
+    return type(
+        "RecflowHttpProtocol",
+        (_GuardedHttpToolsProtocol,),
+        {"header_timeout": header_timeout},
+    )

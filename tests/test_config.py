@@ -1,0 +1,497 @@
+"""config.load: defaults, environment values, relative paths, and located errors."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from config_util import ACTIONS, PROVIDER, marked_line, write_config
+
+from recflow import config
+from recflow.errors import ConfigError
+from recflow.plugins import ActionSpec, build_plugin_manager
+from recflow.templates import Compiled
+
+STORE_RULE = """\
+rules:
+  - name: archive
+    steps:
+      - id: archive
+        action: store
+        with: {to: "file://./rec/{{ event.recording_sid }}.wav"}
+"""
+
+
+def load_text(tmp_path: Path, text: str) -> config.Config:
+    return config.load(write_config(tmp_path, text), ACTIONS)
+
+
+def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, PROVIDER)
+    assert cfg.server.listen == "127.0.0.1:8080"
+    assert cfg.server.path == "/recordings"
+    assert cfg.server.max_body_bytes == 65536
+    assert cfg.server.verify_signatures is True
+    assert cfg.server.trusted_proxies == ()
+    assert cfg.workers == 4
+    assert cfg.backend == "sqlite:///" + str(tmp_path / "var" / "recflow.db")
+    assert cfg.rules == ()
+
+
+def test_example_config_loads_with_the_builtin_actions(tmp_path: Path) -> None:
+    actions = build_plugin_manager(entry_points=False).actions
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    cfg = config.load(str(example), actions)
+    assert [r.name for r in cfg.rules] == ["archive-and-mail", "silent-call"]
+    assert [s.action for s in cfg.rules[0].steps] == ["store", "notify", "delete"]
+    assert cfg.providers[0].kind == "signalwire"
+    assert cfg.rules[0].steps[0].raw_params["to"].startswith(f"file://{example.parent}/var/")
+
+
+def test_signalwire_provider(tmp_path: Path) -> None:
+    provider = load_text(tmp_path, PROVIDER).providers[0]
+    assert provider.api_url == "https://example.signalwire.com/api/laml/2010-04-01"
+    assert provider.origin == "https://example.signalwire.com"
+    assert provider.signing_keys == ("PSK_signingkey",)
+
+
+def test_signalwire_space_name_alone_means_its_signalwire_host(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, PROVIDER.replace("example.signalwire.com", "acme"))
+    assert cfg.providers[0].api_url == "https://acme.signalwire.com/api/laml/2010-04-01"
+
+
+def test_twilio_signs_with_its_api_token_and_keys_may_be_a_list(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        """\
+providers:
+  - name: tw
+    kind: twilio
+    account_sid: AC0123
+    api_token: authtoken1
+  - name: tw2
+    kind: twilio
+    account_sid: AC4567
+    api_token: authtoken2
+    signing_key: [newkey1, oldkey2]
+    api_url: http://127.0.0.1:9000/2010-04-01/
+""",
+    )
+    first, second = cfg.providers
+    assert first.signing_keys == ("authtoken1",)
+    assert first.api_url == "https://api.twilio.com/2010-04-01"
+    assert second.signing_keys == ("newkey1", "oldkey2")
+    assert second.api_url == "http://127.0.0.1:9000/2010-04-01"
+    assert cfg.provider_for("AC4567") is second
+    assert {"authtoken1", "authtoken2", "newkey1", "oldkey2"} <= cfg.secrets
+
+
+def test_environment_values_defaults_and_literal_dollar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RF_TOKEN", "from-env-token")
+    monkeypatch.setenv("RF_WORKERS", "7")
+    monkeypatch.delenv("RF_UNSET", raising=False)
+    text = PROVIDER.replace("PTapitoken123", "${RF_TOKEN}") + (
+        "workers: ${RF_WORKERS}\n"
+        "server:\n"
+        "  path: ${RF_UNSET:-/hooks}\n"
+        "  public_url: https://h.example.com/$${NOT_A_VAR}\n"
+    )
+    cfg = load_text(tmp_path, text)
+    assert cfg.providers[0].api_token == "from-env-token"
+    assert cfg.workers == 7
+    assert cfg.server.path == "/hooks"
+    assert cfg.server.public_url == "https://h.example.com/${NOT_A_VAR}"
+    assert {"from-env-token", "7"} <= cfg.secrets
+    assert "/hooks" not in cfg.secrets
+
+
+def test_url_credentials_in_step_parameters_are_secrets(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + STORE_RULE
+        + """\
+      - action: notify
+        with: {to: ["mailto://ops:smtp-pass-9@mail.example.com"]}
+"""
+    )
+    assert "smtp-pass-9" in load_text(tmp_path, text).secrets
+
+
+def test_relative_paths_resolve_against_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    monkeypatch.chdir(tmp_path)
+    text = PROVIDER + "backend: sqlite:///./data/q.db\n" + STORE_RULE
+    cfg = config.load(write_config(sub, text), ACTIONS)
+    assert cfg.backend == f"sqlite:///{sub}/data/q.db"
+    assert cfg.rules[0].steps[0].raw_params["to"] == (
+        f"file://{sub}/rec/{{{{ event.recording_sid }}}}.wav"
+    )
+    up = config.load(write_config(sub, text.replace("file://./", "file://../")), ACTIONS)
+    assert up.rules[0].steps[0].raw_params["to"].startswith(f"file://{tmp_path}/rec/")
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("sqlite:////srv/recflow.db", id="absolute-sqlite"),
+        pytest.param("redis://127.0.0.1:6379/0", id="redis"),
+    ],
+)
+def test_backends_that_are_not_relative_stay_as_written(tmp_path: Path, backend: str) -> None:
+    assert load_text(tmp_path, PROVIDER + f"backend: {backend}\n").backend == backend
+
+
+def test_server_section_and_rule_details(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+server:
+  listen: 0.0.0.0:9000
+  trusted_proxies: [10.0.0.0/8, 192.168.1.7]
+  verify_signatures: false
+  max_body_bytes: 4096
+rules:
+  - name: first
+    stop: true
+    when: {status: completed}
+    steps:
+      - id: archive
+        action: store
+        with: {to: "file:///tmp/x.wav"}
+        retry: {attempts: 3, backoff: 0.5}
+      - action: delete
+"""
+    )
+    cfg = load_text(tmp_path, text)
+    assert cfg.server.listen == "0.0.0.0:9000"
+    assert cfg.server.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.168.1.7"),
+    )
+    assert cfg.server.verify_signatures is False
+    rule = cfg.rule("first")
+    assert rule is not None and rule.stop
+    store, delete = rule.steps
+    assert (store.retry.attempts, store.retry.backoff, store.retry.max_backoff) == (3, 0.5, 600)
+    assert (delete.retry.attempts, delete.retry.backoff) == (5, 2.0)
+    assert isinstance(store.params, Compiled)
+    assert store.line == text.splitlines().index("      - id: archive") + 1
+
+
+ERRORS = [
+    pytest.param(
+        PROVIDER
+        + """\
+rules:
+  - name: long
+    when:
+      duration: {gtee: 5}  # <-
+    steps: [{action: delete}]
+""",
+        "rules[0].when.duration.gtee",
+        "unknown operator 'gtee'; accepted: eq, ne, in, not_in, gt, gte",
+        id="misspelt-operator",
+    ),
+    pytest.param(
+        PROVIDER + "server:\n  listne: 1.2.3.4:80  # <-\n",
+        "server.listne",
+        "unknown key 'listne'; accepted: listen, max_body_bytes, path",
+        id="unknown-key",
+    ),
+    pytest.param(
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    steps:
+      - id: archive
+        action: store
+        with: {to: "x"}
+        tries: 3  # <-
+""",
+        "rules[0].steps[0].tries",
+        "unknown key 'tries'; accepted: action, id, retry, with",
+        id="unknown-key-in-step",
+    ),
+    pytest.param(
+        PROVIDER + "rules:\n  - name: a\n    when: {}  # <-\n    steps: [{action: notify}]\n",
+        "rules[0].when",
+        "empty condition",
+        id="empty-when",
+    ),
+    pytest.param(
+        PROVIDER
+        + "rules:\n  - name: a\n    when:\n      all: []  # <-\n    steps: [{action: notify}]\n",
+        "rules[0].when.all",
+        "empty all: []",
+        id="empty-all",
+    ),
+    pytest.param(
+        PROVIDER + "workers: four  # <-\n",
+        "workers",
+        "found the string 'four'; expected an integer",
+        id="wrong-type",
+    ),
+    pytest.param(
+        PROVIDER + "server:\n  verify_signatures: 'no'  # <-\n",
+        "server.verify_signatures",
+        "expected true or false",
+        id="wrong-type-bool",
+    ),
+    pytest.param(
+        PROVIDER.replace("PTapitoken123", "${RF_SURELY_UNSET_VAR}  # <-"),
+        "providers[0].api_token",
+        "environment variable RF_SURELY_UNSET_VAR is not set",
+        id="unset-variable",
+    ),
+    pytest.param(
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    when:
+      params.To: {matches: "^(+1"}  # <-
+    steps: [{action: notify}]
+""",
+        "rules[0].when.params.To.matches",
+        "bad regular expression",
+        id="bad-regex",
+    ),
+    pytest.param(
+        PROVIDER + "rules:\n  - name: a\n    steps:\n      - action: sotre  # <-\n",
+        "rules[0].steps[0].action",
+        "unknown action 'sotre'; known actions: delete, notify, store",
+        id="unknown-action",
+    ),
+    pytest.param(
+        PROVIDER
+        + "rules:\n  - name: a\n    when:\n      durration: 5  # <-\n"
+        + "    steps: [{action: notify}]\n",
+        "rules[0].when.durration",
+        "unknown field 'durration'; accepted: account_sid",
+        id="unknown-field",
+    ),
+    pytest.param(
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    steps:
+      - action: notify
+        with:
+          body: "{{ event.duration }"  # <-
+""",
+        "rules[0].steps[0].with.body",
+        "template syntax",
+        id="template-syntax",
+    ),
+    pytest.param(
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    steps:
+      - action: store
+        with:
+          format: flac  # <-
+          to: x
+""",
+        "rules[0].steps[0].with.format",
+        "found the string 'flac'; accepted: wav, mp3",
+        id="action-parameter",
+    ),
+    pytest.param(
+        PROVIDER
+        + "rules:\n  - name: a\n    steps:\n      - action: store\n        with: {}  # <-\n",
+        "rules[0].steps[0].with",
+        "missing key 'to'",
+        id="action-required-parameter",
+    ),
+    pytest.param(
+        PROVIDER + "rules:\n  - name: a\n    steps:\n      - action: delete  # <-\n",
+        "rules[0].steps[0].action",
+        "delete has no store step before it",
+        id="delete-without-store",
+    ),
+    pytest.param(
+        PROVIDER + STORE_RULE + "  - name: archive  # <-\n    steps: [{action: notify}]\n",
+        "rules[1].name",
+        "duplicate rule name 'archive'",
+        id="duplicate-rule",
+    ),
+    pytest.param(
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    steps:
+      - {id: x, action: notify}
+      - {id: x, action: notify}  # <-
+""",
+        "rules[0].steps[1].id",
+        "duplicate step id 'x'",
+        id="duplicate-step-id",
+    ),
+    pytest.param(
+        PROVIDER
+        + """\
+  - name: other
+    kind: signalwire
+    space: example.signalwire.com
+    account_sid: b3877c40-da60-4998-90ad-b792e98472af  # <-
+    api_token: t
+    signing_key: k
+""",
+        "providers[1].account_sid",
+        "also used by provider 'main'",
+        id="duplicate-account",
+    ),
+    pytest.param(
+        "providers:\n  - kind: signalwire  # <-\n    account_sid: a\n    api_token: t\n",
+        "providers[0]",
+        "missing key 'space'",
+        id="signalwire-needs-space",
+    ),
+    pytest.param(
+        "providers:\n  - kind: twilio\n    account_sid: a\n    api_token: t\n"
+        "    space: x.signalwire.com  # <-\n",
+        "providers[0].space",
+        "signalwire providers only",
+        id="twilio-space",
+    ),
+    pytest.param(
+        "providers:\n  - kind: plivo  # <-\n    account_sid: a\n    api_token: t\n",
+        "providers[0].kind",
+        "found the string 'plivo'; accepted: signalwire, twilio",
+        id="unknown-kind",
+    ),
+    pytest.param(
+        PROVIDER + "server:\n  trusted_proxies: [10.0.0.1/8]  # <-\n",
+        "server.trusted_proxies[0]",
+        "expected an address or network",
+        id="bad-network",
+    ),
+    pytest.param(
+        PROVIDER + "server:\n  listen: localhost  # <-\n",
+        "server.listen",
+        "expected HOST:PORT",
+        id="bad-listen",
+    ),
+    pytest.param(
+        PROVIDER + "workers: 4\nworkers: 5  # <-\n",
+        "workers",
+        "duplicate key 'workers'",
+        id="duplicate-yaml-key",
+    ),
+    pytest.param(
+        PROVIDER + "rules:\n  - name: a\n    steps: [{action: notify}]\n    stop: [  # <-\n",
+        None,
+        "YAML syntax",
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        "server: {}  # <-\n",
+        None,
+        "missing key 'providers'",
+        id="no-providers",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key_path", "message"), ERRORS)
+def test_errors_name_file_line_and_key_path(
+    tmp_path: Path, text: str, key_path: str | None, message: str
+) -> None:
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, ACTIONS)
+    line = marked_line(text)
+    prefix = f"{path}:{line}: " + (f"{key_path}: " if key_path else "")
+    assert str(caught.value).startswith(prefix), str(caught.value)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_problem_is_reported_in_file_order(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    when: {status: {gtee: 1}}
+    steps: [{action: nope}]
+  - name: b
+    when: {durration: 3}
+    steps: [{action: notify}]
+"""
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    paths = [e.path for e in caught.value.all]
+    assert paths == [
+        "rules[0].when.status.gtee",
+        "rules[0].steps[0].action",
+        "rules[1].when.durration",
+    ]
+
+
+def test_secrets_never_appear_in_error_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RF_SECRET_PATH", "hunter2-secret")
+    text = PROVIDER + "server:\n  path: ${RF_SECRET_PATH}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    assert "hunter2-secret" not in str(caught.value)
+    assert "'***'" in str(caught.value)
+
+
+def test_unreadable_file_is_one_line_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read the config file"):
+        config.load(missing, ACTIONS)
+
+
+def test_action_with_an_invalid_schema_names_it(tmp_path: Path) -> None:
+    actions = dict(ACTIONS)
+    actions["bad"] = ActionSpec(name="bad", run=print, schema={"type": "nonsense"}, plugin="acme")
+    path = write_config(tmp_path, PROVIDER + "rules:\n  - name: a\n    steps: [{action: bad}]\n")
+    with pytest.raises(ConfigError, match="action 'bad' of plugin acme has an invalid schema"):
+        config.load(path, actions)
+
+
+def test_anchors_under_x_keys_are_reusable(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+x-mail: &mail
+  action: notify
+  with: {to: ["mailto://ops@example.com"]}
+rules:
+  - name: a
+    steps: [*mail]
+  - name: b
+    steps:
+      - <<: *mail
+        id: again
+"""
+    )
+    cfg = load_text(tmp_path, text)
+    assert [s.raw_params for r in cfg.rules for s in r.steps] == [
+        {"to": ["mailto://ops@example.com"]}
+    ] * 2
+    assert cfg.rules[1].steps[0].id == "again"
+
+
+def test_empty_environment_value_takes_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RF_EMPTY", "")
+    cfg = load_text(tmp_path, PROVIDER + "server: {path: '${RF_EMPTY:-/cb}'}\n")
+    assert cfg.server.path == "/cb"

@@ -1,0 +1,289 @@
+"""The journal: atomic claims and leases, the query API, `recflow events` and `retry`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+from pipeline_util import (
+    TOKEN,
+    ensure_test_plugin,
+    make_event,
+    write_config,
+)
+from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixtures)
+
+from recflow.cli import cli
+from recflow.journal import Journal, NewEvent, Owner, open_journal
+from recflow.queue import StepKey, parse_backend
+
+NOW = 1_800_000_000.0
+ME = Owner("here", 1, "me")
+OTHER = Owner("elsewhere", 2, "them")
+
+
+@pytest.fixture
+def journal(backend_url):  # noqa: F811
+    opened = open_journal(parse_backend(backend_url))
+    yield opened
+    opened.close()
+
+
+def _record(journal: Journal, recording: str = "RE1", rules=("r",), at: float = NOW - 60) -> str:
+    event = make_event(recording)
+    journal.record(
+        [
+            NewEvent(
+                id=event.id,
+                data=event.to_dict(),
+                received_at=at,
+                rules=tuple(rules),
+                first_steps=tuple((r, "t_echo", None) for r in rules),
+            )
+        ],
+        at,
+    )
+    return event.id
+
+
+def test_record_claims_each_event_id_once(journal):
+    event = make_event()
+    new = NewEvent(event.id, event.to_dict(), NOW, ("r",), (("r", "t_echo", None),))
+
+    assert journal.record([new, new], NOW) == [True, False]
+    assert journal.record([new], NOW) == [False]
+    assert len(journal.get_event(event.id)["steps"]) == 1
+
+
+# (state changes before the claim) -> whether the claim at NOW succeeds
+@pytest.mark.parametrize(
+    ("prepare", "claimed"),
+    [
+        pytest.param([], True, id="queued-and-due"),
+        pytest.param([("fail", 1, NOW + 60)], False, id="queued-for-later"),
+        pytest.param([("claim", OTHER, 60)], False, id="running-with-a-lease"),
+        pytest.param([("claim", OTHER, -1)], True, id="running-past-its-lease"),
+        pytest.param([("claim", ME, 60), ("succeed",)], False, id="done"),
+        pytest.param([("claim", ME, 60), ("fail", 1, None)], False, id="failed"),
+    ],
+)
+def test_claim_only_takes_a_step_that_is_due(journal, prepare, claimed):
+    key = StepKey(_record(journal), "r", 0)
+    claim = None
+    for op, *args in prepare:
+        if op == "claim":
+            claim = journal.claim(key, args[0], args[1], NOW - 10)
+        elif op == "succeed":
+            assert journal.succeed(claim, ME, {}, NOW - 5, None)
+        elif op == "fail":
+            claim = claim or journal.claim(key, ME, 60, NOW - 10)
+            assert journal.fail(claim, ME, "no", NOW - 5, args[1])
+
+    got = journal.claim(key, ME, 60, NOW)
+
+    assert (got is not None) is claimed
+
+
+def test_claim_hands_over_earlier_outputs_and_the_event(journal):
+    key = StepKey(_record(journal), "r", 0)
+    first = journal.claim(key, ME, 60, NOW)
+    assert journal.succeed(first, ME, {"url": "file:///x"}, NOW, ("t_echo", "second"))
+
+    second = journal.claim(StepKey(key.event_id, "r", 1), ME, 60, NOW)
+
+    assert second.attempt == 1
+    assert second.previous == (("t_echo", None, {"url": "file:///x"}),)
+    assert second.event["recording_sid"] == "RE1"
+
+
+def test_a_lost_lease_cannot_record_an_outcome(journal):
+    key = StepKey(_record(journal), "r", 0)
+    mine = journal.claim(key, ME, 1, NOW)
+    theirs = journal.claim(key, OTHER, 60, NOW + 2)
+
+    assert journal.succeed(mine, ME, {}, NOW + 3, None) is False
+    assert journal.succeed(theirs, OTHER, {}, NOW + 3, None) is True
+    runs = journal.get_event(key.event_id)["steps"][0]["runs"]
+    assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "lost"), (2, "done")]
+
+
+def test_renew_keeps_a_long_step_from_being_taken(journal):
+    key = StepKey(_record(journal), "r", 0)
+    journal.claim(key, ME, 10, NOW)
+    journal.renew([key], ME, NOW + 100)
+
+    assert journal.claim(key, OTHER, 10, NOW + 50) is None
+    assert journal.overdue(NOW + 50, 0, OTHER) == []
+    assert journal.overdue(NOW + 101, 0, OTHER) == [key]
+
+
+def test_overdue_finds_queued_steps_past_the_grace(journal):
+    key = StepKey(_record(journal, at=NOW), "r", 0)
+
+    assert journal.overdue(NOW + 10, 30, ME) == []
+    assert journal.overdue(NOW + 31, 30, ME) == [key]
+
+
+def test_list_events_newest_first_and_failed_only(journal):
+    old = _record(journal, "RE1", at=NOW)
+    new = _record(journal, "RE2", at=NOW + 1)
+    claim = journal.claim(StepKey(old, "r", 0), ME, 60, NOW + 2)
+    journal.fail(claim, ME, "gave up", NOW + 2, None)
+
+    assert [e["id"] for e in journal.list_events()] == [new, old]
+    assert [e["id"] for e in journal.list_events(limit=1)] == [new]
+    failed = journal.list_events(failed_only=True)
+    assert [e["id"] for e in failed] == [old]
+    assert failed[0]["steps"][0] | {"next_at": None} == {
+        "rule": "r",
+        "index": 0,
+        "id": None,
+        "action": "t_echo",
+        "state": "failed",
+        "attempts": 1,
+        "error": "gave up",
+        "outputs": None,
+        "next_at": None,
+    }
+
+
+def test_get_event_by_prefix(journal):
+    event_id = _record(journal)
+
+    assert journal.get_event(event_id[:6])["id"] == event_id
+    assert journal.get_event("zz") is None
+
+
+def test_retry_requeues_failed_steps_with_attempts_reset(journal):
+    event_id = _record(journal)
+    key = StepKey(event_id, "r", 0)
+    journal.fail(journal.claim(key, ME, 60, NOW), ME, "no", NOW, None)
+
+    assert journal.retry(None, NOW + 1) == [key]
+    assert journal.retry(event_id, NOW + 1) == []
+    step = journal.get_event(event_id)["steps"][0]
+    assert (step["state"], step["attempts"]) == ("queued", 0)
+    assert journal.claim(key, ME, 60, NOW + 1).attempt == 1
+
+
+def test_owner_knows_dead_only_on_its_own_host():
+    me = Owner.current()
+
+    assert me.knows_dead(f"{me.host}:{me.pid}:an-earlier-start")
+    assert not me.knows_dead(str(me))
+    assert not me.knows_dead(f"{me.host}:{1}:init")
+    assert not me.knows_dead("another-host:999999:x")
+
+
+# -- the command line ------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_config(tmp_path, monkeypatch):
+    ensure_test_plugin()
+    monkeypatch.setenv("TEST_TOKEN", TOKEN)
+    runs = tmp_path / "runs.txt"
+    path = write_config(
+        tmp_path,
+        f"""\
+      - action: t_fail
+        with: {{file: "{runs}", message: "refused {TOKEN}"}}
+        retry: {{attempts: 1}}
+""",
+    )
+    return path
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def _fail_one(config_path) -> str:
+    """Record one event whose only step failed, through a real runtime."""
+    import asyncio
+
+    from recflow.config import load
+    from recflow.pipeline import open_runtime
+    from recflow.plugins import build_plugin_manager
+
+    host = build_plugin_manager()
+    config = load(str(config_path), host.actions)
+    runtime = open_runtime(config, host)
+    runtime.start(1)
+    event = make_event()
+    asyncio.run(runtime.pipeline.submit(event, config.rules))
+    deadline = time.monotonic() + 20
+    while runtime.journal.get_event(event.id)["steps"][0]["state"] != "failed":
+        assert time.monotonic() < deadline, "the step did not fail in time"
+        time.sleep(0.02)
+    runtime.close()
+    return event.id
+
+
+def test_events_json_has_the_documented_shape_and_no_secret(cli_config):
+    event_id = _fail_one(cli_config)
+
+    code, output = _cli("events", "-c", str(cli_config), "--json")
+
+    assert code == 0, output
+    [event] = json.loads(output)
+    assert {"id", "account_sid", "recording_sid", "status", "received_at", "rules", "steps"} <= set(
+        event
+    )
+    assert event["id"] == event_id
+    step = event["steps"][0]
+    assert {k: step[k] for k in ("rule", "index", "action", "state", "attempts", "error")} == {
+        "rule": "log",
+        "index": 0,
+        "action": "t_fail",
+        "state": "failed",
+        "attempts": 1,
+        "error": "refused ***",
+    }
+    assert TOKEN not in output
+
+
+def test_events_table_and_show(cli_config):
+    event_id = _fail_one(cli_config)
+
+    code, table = _cli("events", "-c", str(cli_config), "--failed")
+    assert code == 0, table
+    assert event_id[:12] in table
+    assert "log#1" in table and "failed" in table and "refused ***" in table
+
+    code, shown = _cli("events", "-c", str(cli_config), "show", event_id[:8])
+    assert code == 0, shown
+    assert f"event     {event_id}" in shown
+    assert "attempt 1" in shown
+
+    code, missing = _cli("events", "-c", str(cli_config), "show", "nope")
+    assert code == 1
+    assert "no event with id 'nope'" in missing
+
+
+def test_retry_command_requeues_failed_steps(cli_config, tmp_path):
+    event_id = _fail_one(cli_config)
+
+    code, output = _cli("retry", "-c", str(cli_config), event_id[:10])
+    assert code == 0, output
+    assert f"queued again: {event_id[:12]} log#1" in output
+
+    code, output = _cli("events", "-c", str(cli_config), "--json")
+    assert json.loads(output)[0]["steps"][0]["state"] == "queued"
+
+    code, output = _cli("retry", "-c", str(cli_config), "--failed")
+    assert (code, output.strip()) == (0, "no failed steps")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [pytest.param([], id="neither"), pytest.param(["abc", "--failed"], id="both")],
+)
+def test_retry_needs_one_target(cli_config, args):
+    code, output = _cli("retry", "-c", str(cli_config), *args)
+
+    assert code == 2
+    assert "give an EVENT_ID or --failed" in output

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -32,7 +32,7 @@ def config_path(value: str | None) -> str:
     return value or os.environ.get("RECFLOW_CONFIG") or "config.yaml"
 
 
-def config_option(func):  # type: ignore[no-untyped-def]
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("-c", "--config", "config_file", default=None, help=CONFIG_HELP)(func)
 
 
@@ -222,6 +222,7 @@ def serve(
             yield
         finally:
             runtime.close()
+            logger.info("recflow serve stopped: backend closed")
 
     app = receive.create_app(config, host, runtime.pipeline, lifespan=lifespan)
     server = uvicorn.Server(

@@ -58,6 +58,10 @@ def register_commands(cli: click.Group) -> None:
 
     Called once when `recflow` starts, with the top-level click group:
     `cli.add_command(my_command)`. Commands are listed by `recflow --help`.
+    A command whose name is already taken is refused and the plugin is
+    reported broken by `recflow plugins`; so is a hook that raises. The
+    plugin's module is imported on every run, `--help` included: keep it
+    cheap to import.
     """
 
 

@@ -27,8 +27,9 @@ once it is on disk, as the SQLite journal does; ``everysec`` may lose the
 last second of callbacks on a power cut of the Redis machine.
 
 A known shortcoming: the scripts build key names from their arguments, so
-this works with one Redis server (with replicas or Sentinel), not with
-Redis Cluster, where a script must name every key it touches in advance.
+this works with one Redis server (a primary, with replicas if you like),
+not with Redis Cluster, where a script must name every key it touches in
+advance.
 """
 
 from __future__ import annotations

@@ -32,7 +32,10 @@ def default_api_url(kind: str, space: str | None) -> str:
 
 def delete_recording(provider: ProviderConfig, recording_sid: str) -> bool:
     """Delete a recording at the provider: True if deleted, False if it was already gone."""
-    url = _account_url(provider.api_url, provider.account_sid, f"Recordings/{quote(recording_sid)}")
+    # safe="": a sid holding "/" or "../" must stay one path segment.
+    url = _account_url(
+        provider.api_url, provider.account_sid, f"Recordings/{quote(recording_sid, safe='')}"
+    )
     response = _call("DELETE", url, (provider.account_sid, provider.api_token))
     if response.status_code in (200, 202, 204):
         return True
@@ -65,7 +68,7 @@ def send_message(
 
 
 def _account_url(api_url: str, account_sid: str, resource: str) -> str:
-    return f"{api_url.rstrip('/')}/Accounts/{quote(account_sid)}/{resource}.json"
+    return f"{api_url.rstrip('/')}/Accounts/{quote(account_sid, safe='')}/{resource}.json"
 
 
 def _call(

@@ -96,7 +96,21 @@ class StepQueue:
                     timeout=10,
                 )
             else:
-                self.huey = huey.RedisHuey(QUEUE_NAME, results=False, url=backend.location)
+                try:
+                    import redis
+                except ImportError:
+                    raise BackendError(
+                        "a redis:// backend needs the redis package: pip install 'recflow[redis]'"
+                    ) from None
+                # Socket timeouts, so that a Redis gone silent (a network cut)
+                # fails a worker's read instead of hanging it; above the
+                # 1 s blocking read that Huey's dequeue waits for work.
+                pool = redis.ConnectionPool.from_url(
+                    backend.location, socket_timeout=10, socket_connect_timeout=5
+                )
+                self.huey = huey.RedisHuey(QUEUE_NAME, results=False, connection_pool=pool)
+        except BackendError:
+            raise
         except Exception as exc:
             raise BackendError(f"cannot open the queue: {exc}") from exc
         # The body never runs: workers read the task's arguments and run the

@@ -26,10 +26,11 @@ request id, which every answer carries in `X-Request-Id`.
 The web app knows verification, parsing and the pipeline's `submit`; it
 never imports an action.
 
-Known shortcoming: the signed URL is rebuilt from the `Host` header, the
-raw path and the raw query; an ASGI `root_path` (an app mounted under a
-prefix by another server) is not part of it. Set `server.public_url` in
-that case.
+Known shortcomings: the signed URL is rebuilt from the `Host` header (or,
+from a trusted proxy, the first `X-Forwarded-Proto` and `X-Forwarded-Host`
+values), the raw path and the raw query. `X-Forwarded-Port`, RFC 7239's
+`Forwarded` header and an ASGI `root_path` (an app mounted under a prefix)
+are not read; set `server.public_url` when they matter.
 """
 
 from __future__ import annotations
@@ -94,11 +95,16 @@ def create_app(
         Route(HEALTH_PATH, receiver.healthz, methods=["GET"]),
     ]
     routes += _plugin_routes(host, {config.server.path, HEALTH_PATH})
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    # A trailing-slash redirect would build its Location from the Host
+    # header and the raw query (a 500 on a query that is not UTF-8); the
+    # providers call one exact URL, so anything else is simply a 404.
+    app.router.redirect_slashes = False
+    return app
 
 
 @dataclasses.dataclass

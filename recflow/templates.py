@@ -15,6 +15,7 @@ itself contains ``{{`` is compiled as template text.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -49,7 +50,26 @@ class _Undefined(jinja2.StrictUndefined):
         return str(super()._undefined_message)
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+FILENAME_MAX = 120
+
+
+def filename(value: Any) -> str:
+    """`value` made safe as one file or object name: the `filename` filter.
+
+    Callback values are chosen by whoever can place a call. Anything but
+    ASCII letters, digits, ``.``, ``_`` and ``-`` becomes ``_`` (so no
+    ``/``, ``\\``, ``%``, NUL or spaces), leading dots go (no ``..``, no
+    hidden files), and the result is at most `FILENAME_MAX` characters and
+    never empty. `{{ event.params.Tenant | filename }}` in a `store` path
+    cannot leave the directory it sits in.
+    """
+    text = _UNSAFE_NAME.sub("_", str(value)).lstrip(".")
+    return text[:FILENAME_MAX] or "_"
+
+
 _ENV = SandboxedEnvironment(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
+_ENV.filters["filename"] = filename
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,12 +18,9 @@ runs out once the process is gone.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from recflow.config import Config, RuleConfig, StepConfig
@@ -31,7 +28,7 @@ from recflow.context import StepContext
 from recflow.errors import ActionError, BackendError
 from recflow.event import Event
 from recflow.journal import Claim, Journal, Owner
-from recflow.plugins import PluginHost
+from recflow.plugins import PluginHost, call_action
 from recflow.queue import StepKey, StepQueue
 from recflow.secrets import Redactor
 from recflow.templates import render_params
@@ -149,16 +146,7 @@ class StepRunner:
             logger=action_logger.getChild(step.action),
             secrets=self.config.secrets,
         )
-        result = spec.run(params, ctx)
-        if inspect.isawaitable(result):
-            result = asyncio.run(_awaited(result))
-        if result is None:
-            return {}
-        if not isinstance(result, Mapping):
-            raise _Permanent(
-                f"action {step.action!r} returned {type(result).__name__}, expected a mapping"
-            )
-        return dict(result)
+        return call_action(spec, params, ctx)
 
     def _fail(
         self,
@@ -206,10 +194,6 @@ class StepRunner:
             getattr(self.host.hook, name)(**kwargs)
         except Exception as exc:  # a plugin's observer must not fail the step
             logger.error("hook %s raised, ignored: %s", name, self.redactor.mask(str(exc)))
-
-
-async def _awaited(result: Awaitable[Any]) -> Any:
-    return await result
 
 
 class WorkerPool:

@@ -14,7 +14,7 @@ want_test=0
 # Debian packages: speech and audio tools make real recordings for the demo
 # and the tests; redis-server backs the Redis tests.
 debs=(python3-venv espeak-ng sox)
-[ "$want_test" = 1 ] && debs+=(redis-server lame)
+[ "$want_test" = 1 ] && debs+=(redis-server libsox-fmt-mp3)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -43,4 +43,7 @@ fi
 extras="demo"
 [ "$want_test" = 1 ] && extras="demo,test"
 echo "setup: installing recflow[$extras] and plugins/recflow-transcribe into .venv"
-.venv/bin/python -m pip install -q -e ".[$extras]" -e plugins/recflow-transcribe
+pkgs=(-e ".[$extras]" -e plugins/recflow-transcribe)
+# The test plugin: actions the durability tests count runs with.
+[ "$want_test" = 1 ] && pkgs+=(-e tests/plugins/recflow-testactions)
+.venv/bin/python -m pip install -q "${pkgs[@]}"

@@ -8,8 +8,6 @@ installed with pip like any third-party plugin.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,16 +33,17 @@ PLUGIN_DIR = Path(__file__).parent / "plugins" / "recflow-testactions"
 
 
 def ensure_test_plugin() -> None:
-    """Install tests/plugins/recflow-testactions with pip when it is missing."""
+    """Fail clearly when tests/plugins/recflow-testactions is not installed.
+
+    scripts/setup.sh --test installs it (with pip, like any third-party
+    plugin); the tests never reach a package index themselves.
+    """
     from importlib import metadata
 
     try:
         metadata.distribution("recflow-testactions")
     except metadata.PackageNotFoundError:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "-e", str(PLUGIN_DIR)],
-            check=True,
-        )
+        pytest.fail(f"the test plugin is not installed: pip install -e {PLUGIN_DIR}")
 
 
 def plugin_host(*extra: object) -> PluginHost:

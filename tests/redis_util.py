@@ -59,14 +59,20 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def start_redis(directory: Path | None = None, timeout: float = 10.0) -> Iterator[RedisServer]:
-    """Start redis-server on a free port; stop it by pid on exit."""
+def start_redis(
+    directory: Path | None = None, port: int | None = None, timeout: float = 10.0
+) -> Iterator[RedisServer]:
+    """Start redis-server on `port` (default: a free one); stop it by pid on exit.
+
+    A server started again on the same directory and port reads back the
+    append-only file: what the first one acknowledged is still there.
+    """
     binary = redis_binary()
     if binary is None:
         pytest.skip(SKIP_REASON)
     directory = Path(directory or tempfile.mkdtemp(prefix="recflow-redis-"))
-    for _ in range(5):  # another process may take the port between bind and start
-        port = _free_port()
+    for _ in range(1 if port else 5):  # the free port may be taken before the start
+        port = port or _free_port()
         process = subprocess.Popen(
             [
                 binary,
@@ -84,6 +90,7 @@ def start_redis(directory: Path | None = None, timeout: float = 10.0) -> Iterato
         if _wait_ready(process, port, timeout):
             break
         _stop(process)
+        port = None
     else:
         raise RuntimeError(f"redis-server did not start; see {directory / 'redis.log'}")
     try:

@@ -144,7 +144,9 @@ class Site:
         try:
             conn.request(method, target, body=body, headers=headers or {})
             response = conn.getresponse()
-            return Answer(response.status, response.read(), {k.lower(): v for k, v in response.getheaders()})
+            return Answer(
+                response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+            )
         finally:
             conn.close()
 

@@ -20,7 +20,6 @@ import pytest
 from security_util import (
     CALLBACK,
     PATH,
-    SW_ACCOUNT,
     SW_KEY,
     SW_OLD_KEY,
     TW_ACCOUNT,

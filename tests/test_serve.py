@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -92,7 +94,7 @@ def config_file(tmp_path: Path, hook: tuple[str, list[bytes]]) -> Path:
 def _events(config_file: Path) -> list[dict]:
     done = subprocess.run(
         [sys.executable, "-c", "from recflow.cli import main; main()", "events", "--json"],
-        env={**ENV, "RECFLOW_CONFIG": str(config_file), "PATH": ""},
+        env={**os.environ, **ENV, "RECFLOW_CONFIG": str(config_file)},
         capture_output=True,
         text=True,
         check=True,
@@ -119,6 +121,9 @@ def test_serve_end_to_end(config_file: Path, hook: tuple[str, list[bytes]]) -> N
         events = _events(config_file)
         log = url.log()
 
+    # uvicorn re-raises SIGTERM once it has shut down gracefully.
+    assert url.process.returncode in (0, -signal.SIGTERM)
+    assert "recflow serve stopped: backend closed" in url.log()
     assert (signed.status_code, signed.content) == (204, b"")
     assert (duplicate.status_code, duplicate.content) == (204, b"")
     assert (forged.status_code, forged.json()) == (403, {"error": "forbidden"})
@@ -152,17 +157,21 @@ def test_serve_refuses_an_unknown_account_and_gets(config_file: Path) -> None:
     [
         pytest.param(["--listen", "nowhere"], "is not HOST:PORT", id="bad-listen"),
         pytest.param(["--workers", "-1"], "--workers", id="negative-workers"),
-        pytest.param(["-c", "/nonexistent/config.yaml"], "config", id="missing-config"),
+        pytest.param(["--listen", "127.0.0.1:BUSY"], "Address already in use", id="address-in-use"),
+        pytest.param(["-c", "/nonexistent/config.yaml"], "cannot read", id="missing-config"),
     ],
 )
 def test_serve_bad_arguments_fail_in_one_line(
     config_file: Path, args: list[str], message: str
 ) -> None:
     command = [sys.executable, "-c", "from recflow.cli import main; main()", "serve"]
-    with contextlib.ExitStack():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [a.replace("BUSY", str(busy.getsockname()[1])) for a in args]
         done = subprocess.run(
             [*command, "-c", str(config_file), *args],
-            env={**ENV, "PATH": ""},
+            env={**os.environ, **ENV},
             capture_output=True,
             text=True,
             timeout=60,

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import secrets
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import fsspec
 
@@ -31,6 +32,7 @@ from recflow.plugins import ActionSpec
 from recflow.secrets import Redactor
 
 CHUNK_SIZE = 1024 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # s3fs buffers one block per open file; its 50 MiB default costs far more
 # memory than a recording is worth. 5 MiB is S3's smallest multipart part.
 S3_BLOCK_SIZE = 5 * 1024 * 1024
@@ -169,11 +171,31 @@ def _remove(fs: Any, path: str) -> None:
 
 
 def _check_target(to: str) -> None:
-    if "\x00" in to:
-        raise ActionError("store target contains a NUL character", permanent=True)
+    """Refuse a rendered target that could leave the place the config named.
+
+    Checked on everything after the scheme, since fsspec keeps `?` and `#`
+    in local paths and object keys (urlsplit would hide a `..` behind
+    them), and on its percent-decoded forms, since some stores decode
+    keys. A `//` inside the path is how a value holding an absolute path
+    shows up (`/data/{{ v }}` with `v` = `/etc/x`): refused too.
+    """
+    rest = to.partition("://")[2] if "://" in to else to
+    forms = {rest}
+    for _ in range(3):
+        rest = unquote(rest)
+        forms.add(rest)
+    for form in forms:
+        if _CONTROL.search(form):
+            raise ActionError("store target contains a control character", permanent=True)
+        if "\\" in form:
+            raise ActionError(f"store target {_public(to)} contains a backslash", permanent=True)
+        if ".." in form.split("/"):
+            raise ActionError(f"store target {_public(to)} escapes its root (..)", permanent=True)
+        if "//" in form.lstrip("/"):
+            raise ActionError(
+                f"store target {_public(to)} has an empty path segment (//)", permanent=True
+            )
     path = urlsplit(to).path if "://" in to else to
-    if ".." in path.replace("\\", "/").split("/"):
-        raise ActionError(f"store target {_public(to)} escapes its root (..)", permanent=True)
     if path.endswith("/"):
         raise ActionError(f"store target {_public(to)} names a directory", permanent=True)
 

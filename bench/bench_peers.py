@@ -189,7 +189,7 @@ def webhook_server(work: Path, answer_after: bool) -> Iterator[str]:
     hooks.write_text(json.dumps([hook]))
     for _ in range(5):  # the free port may be taken before webhook binds it
         port = _util.free_port()
-        command = ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)]
+        command = ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port), "-logfile", str(work / "webhook.log")]
         with _util.started(command, log=work / "server.log") as process:
             try:
                 _util.wait_port(port, process, "webhook", timeout=10)
@@ -299,6 +299,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(MODES), help=f"of {','.join(MODES)}")
     parser.add_argument("--drain-timeout", type=float, default=120)
     parser.add_argument("--quick", action="store_true", help="2 s per server, for a smoke test")
+    parser.add_argument("--workdir", help="keep configs and logs here (default: a temp dir)")
     parser.add_argument("--serve-bare", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -315,12 +316,12 @@ def main() -> None:
     print(f"machine: {_util.machine()}")
     print(f"load: wrk {args.threads} thread, {args.connections} connections, {args.seconds} s each")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="recflow-peers-") as tmp:
-        with contextlib.ExitStack() as stack:
-            redis_url = stack.enter_context(_util.redis_server()) if "redis" in modes else None
-            for mode in modes:
-                rows.append(measure(mode, Path(tmp), args, redis_url))
-                _print_row(rows[-1], rows[0] if rows[0]["mode"] == "bare" else None)
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="peers-"))
+        redis_url = stack.enter_context(_util.redis_server()) if "redis" in modes else None
+        for mode in modes:
+            rows.append(measure(mode, Path(tmp), args, redis_url))
+            _print_row(rows[-1], rows[0] if rows[0]["mode"] == "bare" else None)
     report(rows)
 
 

@@ -42,6 +42,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO; the actions log their own outcome.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
 
 class _Group(click.Group):

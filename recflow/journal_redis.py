@@ -408,6 +408,11 @@ class RedisJournal(Journal):
             for (member, _), holder in zip(held, holders, strict=True):
                 dead = holder is not None and owner.knows_dead(_text(holder))
                 if dead and self._release(args=[self.prefix, member, holder]):
+                    logger.info(
+                        "step %s was held by %s, which is gone: released",
+                        _text(member),
+                        _text(holder),
+                    )
                     released.append(member)
         keys = [_step_key(member) for member in queued]
         keys.extend(_step_key(member) for member, until in running if until <= now)

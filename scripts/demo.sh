@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 export RECFLOW_CONFIG=config.example.yaml
+# The demo's stand-in credentials, from the environment as real ones would be.
+export SIGNALWIRE_API_TOKEN=${SIGNALWIRE_API_TOKEN:-PT_demo_token}
+export SIGNALWIRE_SIGNING_KEY=${SIGNALWIRE_SIGNING_KEY:-PSK_demo_key}
 py=.venv/bin/python
-mkdir -p var/mail
+mkdir -p var/mail/tmp var/mail/new var/mail/cur
 
 pids=()
 cleanup() { [ "${#pids[@]}" -gt 0 ] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true; }
@@ -66,7 +69,8 @@ for path in sorted(pathlib.Path("var/mail/new").glob("*")):
     names = [p.get_filename() for p in msg.walk() if p.get_filename()]
     print(f"  {path}: To {msg['To']}, Subject {msg['Subject']!r}, attachments {names}")
 PY
-echo "demo: the server's log is var/demo-serve.log"
+echo "demo: what the server logged (all of it in var/demo-serve.log):"
+grep -E "recflow\.(receive|worker|action)" var/demo-serve.log | cut -d' ' -f3- | sed 's/^/  /' 
 if [ "${RECFLOW_DEMO_KEEP:-0}" = 1 ]; then
     echo "demo: RECFLOW_DEMO_KEEP=1: recflow serve keeps running; Ctrl-C to stop"
     wait

@@ -38,7 +38,9 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($python --version)"
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+log=$(mktemp)
+quiet() { "$@" >"$log" 2>&1 || { cat "$log" >&2; echo "setup: failed: $*" >&2; exit 1; }; }
+quiet .venv/bin/python -m pip install --upgrade pip
 
 extras="demo"
 [ "$want_test" = 1 ] && extras="demo,test"
@@ -46,4 +48,5 @@ echo "setup: installing recflow[$extras] and plugins/recflow-transcribe into .ve
 pkgs=(-e ".[$extras]" -e plugins/recflow-transcribe)
 # The test plugin: actions the durability tests count runs with.
 [ "$want_test" = 1 ] && pkgs+=(-e tests/plugins/recflow-testactions)
-.venv/bin/python -m pip install -q "${pkgs[@]}"
+quiet .venv/bin/python -m pip install "${pkgs[@]}"
+rm -f "$log"

@@ -115,7 +115,10 @@ def callback_pairs(recording: str, status: str = "completed") -> list[tuple[str,
         ("AccountSid", ACCOUNT),
         ("CallSid", "CA" + "c" * 32),
         ("RecordingSid", recording),
-        ("RecordingUrl", f"http://127.0.0.1:9/2010-04-01/Accounts/{ACCOUNT}/Recordings/{recording}"),
+        (
+            "RecordingUrl",
+            f"http://127.0.0.1:9/2010-04-01/Accounts/{ACCOUNT}/Recordings/{recording}",
+        ),
         ("RecordingStatus", status),
         ("RecordingDuration", "12"),
         ("RecordingChannels", "1"),
@@ -332,7 +335,8 @@ def machine() -> str:
     """One line about where the figures come from."""
     import platform
 
-    return f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus, Python {python}"
 
 
 if __name__ == "__main__":

@@ -189,7 +189,10 @@ def webhook_server(work: Path, answer_after: bool) -> Iterator[str]:
     hooks.write_text(json.dumps([hook]))
     for _ in range(5):  # the free port may be taken before webhook binds it
         port = _util.free_port()
-        command = ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port), "-logfile", str(work / "webhook.log")]
+        # -logfile logs each request, as recflow serve does; it also records
+        # the commands that could not start.
+        command = ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port),
+                   "-logfile", str(work / "webhook.log")]  # fmt: skip
         with _util.started(command, log=work / "server.log") as process:
             try:
                 _util.wait_port(port, process, "webhook", timeout=10)
@@ -261,7 +264,12 @@ def measure(mode: str, root: Path, args: argparse.Namespace, redis_url: str | No
             figures["check"] = check_recflow(result.requests, args.prepared, counts)
         elif mode.startswith("webhook"):
             ran = wait_lines(work / "ran.txt", result.requests, timeout=args.drain_timeout)
-            figures["check"] = f"commands run {ran} of {result.requests} answered"
+            log = (work / "webhook.log").read_text(errors="replace")
+            failed = log.count("error occurred")
+            figures["check"] = (
+                f"commands run {ran} of {result.requests} answered"
+                f" ({failed} failed to start, logged only)"
+            )
         if result.errors:
             figures["check"] = f"{figures.get('check', '')}; {result.errors} errors".lstrip("; ")
     return figures

@@ -1,6 +1,6 @@
 """How fast workers drain a backlog of `store` steps, and how that scales with workers.
 
-    .venv/bin/python bench/bench_drain.py [--steps 2000] [--workers 1,2,4,8]
+    .venv/bin/python bench/bench_drain.py [--steps 500] [--workers 1,2,4,8]
     .venv/bin/python bench/bench_drain.py --steps 10000     # the issue's figure
     .venv/bin/python bench/bench_drain.py --quick           # 200 steps, 1 and 2 workers
 
@@ -174,7 +174,7 @@ def _flush_redis(url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="queued store steps per run")
+    parser.add_argument("--steps", type=int, default=500, help="queued store steps per run")
     parser.add_argument("--workers", default="1,2,4,8", help="worker counts to compare")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="sqlite,redis")
     parser.add_argument("--size-kb", type=int, default=1024, help="size of each recording")
@@ -215,6 +215,8 @@ def main() -> None:
                     f"  {result['check']}",
                     flush=True,
                 )
+    if any(not result["check"].startswith("ok") for _, _, result in rows):
+        raise SystemExit("some steps were not done or some files are missing: see above")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,15 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 
+# The tests' plugin (trivial actions), where `scripts/setup.sh --test` puts
+# it: on the path of this process and of the recflow processes it starts.
+_PLUGINS = TESTS / ".plugins"
+if _PLUGINS.is_dir() and str(_PLUGINS) not in sys.path:
+    sys.path.insert(0, str(_PLUGINS))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(_PLUGINS), os.environ.get("PYTHONPATH")])
+    )
+
 # The provider account every benchmark config names (Twilio's id shapes).
 ACCOUNT = "AC" + "b" * 32
 TOKEN = "bench_auth_token"

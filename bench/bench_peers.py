@@ -29,7 +29,7 @@ webhook, the lines its command wrote. `webhook` checks no signature (it
 has no rule for Twilio's scheme); recflow checks every one.
 
 The recflow steps come from the `recflow-testactions` plugin of the tests
-(`pip install -e tests/plugins/recflow-testactions`).
+(`scripts/setup.sh --test` installs it in tests/.plugins).
 """
 
 from __future__ import annotations

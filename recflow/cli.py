@@ -28,8 +28,19 @@ CONFIG_HELP = "config file (default: $RECFLOW_CONFIG, else ./config.yaml)"
 
 
 def config_path(value: str | None) -> str:
-    """The config file a command reads: -c, else $RECFLOW_CONFIG, else ./config.yaml."""
-    return value or os.environ.get("RECFLOW_CONFIG") or "config.yaml"
+    """The config file a command reads: -c, else $RECFLOW_CONFIG, else ./config.yaml.
+
+    `-c` may stand before the command (`recflow -c FILE events`) or after
+    it (`recflow events -c FILE`); the one nearer the command wins.
+    """
+    if value:
+        return value
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("config_file"):
+            return str(ctx.params["config_file"])
+        ctx = ctx.parent
+    return os.environ.get("RECFLOW_CONFIG") or "config.yaml"
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,7 +69,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="recflow")
-def cli() -> None:
+@config_option
+def cli(config_file: str | None) -> None:
     """Receive call-recording callbacks, verify them, and run rules on them."""
 
 
@@ -91,13 +103,15 @@ def check(config_file: str | None) -> None:
         click.echo(f"warning: plugin {name} is not loaded: {reason}", err=True)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"ok: {len(config.rules)} rules, {len(config.providers)} providers")
+    click.echo(
+        f"ok: {_count(len(config.rules), 'rule')}, {_count(len(config.providers), 'provider')}"
+    )
 
 
 @cli.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-@click.argument("payload", type=click.File("r", encoding="utf-8"))
+@click.argument("payload", type=click.File("rb"))
 def match(config_file: str | None, as_json: bool, payload: Any) -> None:
     """Dry run: which rules match a callback in PAYLOAD, why, and their steps.
 
@@ -112,25 +126,43 @@ def match(config_file: str | None, as_json: bool, payload: Any) -> None:
     from recflow.secrets import Redactor
 
     config = config_module.load(config_path(config_file), build_plugin_manager().actions)
-    event = _payload_event(payload.read())
+    try:
+        text = payload.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(
+            f"payload: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    event = _payload_event(text)
     report = Redactor(config.secrets).mask_obj(_match_report(config, event))
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
     shown = report["event"]
-    click.echo(
+    _say(
         f"event {shown['status']} recording {shown['recording_sid']}"
-        f" of account {shown['account_sid']}, duration {shown['duration']}"
+        f" of account {shown['account_sid']},"
+        f" duration {'unknown' if shown['duration'] is None else shown['duration']}"
     )
     for rule in report["rules"]:
-        click.echo(f"{'match' if rule['matched'] else 'no   '}  {rule['name']}: {rule['reason']}")
+        _say(f"{'match' if rule['matched'] else 'no   '}  {rule['name']}: {rule['reason']}")
         for number, step in enumerate(rule["steps"], 1):
             label = f" ({step['id']})" if step["id"] else ""
-            click.echo(f"    {number}. {step['action']}{label}")
+            _say(f"    {number}. {step['action']}{label}")
             if "error" in step:
-                click.echo(f"         error: {step['error']}")
+                _say(f"         error: {step['error']}")
             for key, value in (step["with"] or {}).items():
-                click.echo(f"         {key}: {json.dumps(value, ensure_ascii=False)}")
+                _say(f"         {key}: {json.dumps(value, ensure_ascii=False)}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _say(text: str) -> None:
+    """Echo human output; control characters a callback carried are escaped."""
+    from recflow.secrets import escape_controls
+
+    click.echo(escape_controls(text))
 
 
 def _payload_event(text: str) -> Any:
@@ -343,7 +375,7 @@ def worker(config_file: str | None, workers: int | None) -> None:
 @cli.group(invoke_without_command=True)
 @config_option
 @click.option("--failed", is_flag=True, help="only events with a failed step")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def events(
@@ -369,25 +401,26 @@ def events(
     if not rows:
         click.echo("no events" + (" with a failed step" if failed else ""))
         return
-    click.echo(f"{'ID':<12}  {'RECEIVED':<19}  {'STATUS':<11}  RECORDING")
+    _say(f"{'ID':<12}  {'RECEIVED':<19}  {'STATUS':<11}  RECORDING")
     for row in rows:
         received = (row["received_at"] or "")[:19].replace("T", " ")
-        click.echo(f"{row['id'][:12]}  {received:<19}  {row['status']:<11}  {row['recording_sid']}")
+        _say(f"{row['id'][:12]}  {received:<19}  {row['status']:<11}  {row['recording_sid']}")
         for step in row["steps"]:
-            click.echo("  " + _step_line(step))
+            _say("  " + _step_line(step))
         if not row["steps"]:
             click.echo("  (no rule matched)")
 
 
 @events.command("show")
+@config_option
 @click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def events_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
+def events_show(ctx: click.Context, config_file: str | None, event_id: str, as_json: bool) -> None:
     """One event (id or unique id prefix): its fields, steps and every attempt."""
     import json
 
-    config, runtime = _open_backend(ctx.obj["config_file"])
+    config, runtime = _open_backend(config_file)
     try:
         row = runtime.journal.get_event(event_id)
     except LookupError as exc:
@@ -400,20 +433,18 @@ def events_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
     if as_json or ctx.obj["as_json"]:
         click.echo(json.dumps(row, indent=2))
         return
-    click.echo(f"event     {row['id']}")
-    click.echo(f"received  {row['received_at']}")
+    _say(f"event     {row['id']}")
+    _say(f"received  {row['received_at']}")
     for name in ("account_sid", "call_sid", "recording_sid", "status", "duration"):
-        click.echo(f"{name:<14}{row['event'].get(name)}")
-    click.echo(f"rules     {', '.join(row['rules']) or '(none matched)'}")
+        _say(f"{name:<14}{row['event'].get(name)}")
+    _say(f"rules     {', '.join(row['rules']) or '(none matched)'}")
     for step in row["steps"]:
-        click.echo(_step_line(step))
+        _say(_step_line(step))
         for run in step["runs"]:
             error = f"  {run['error']}" if run["error"] else ""
-            click.echo(
-                f"    attempt {run['attempt']}  {run['started_at']}  {run['outcome']}{error}"
-            )
+            _say(f"    attempt {run['attempt']}  {run['started_at']}  {run['outcome']}{error}")
         if step["outputs"]:
-            click.echo(f"    outputs {json.dumps(step['outputs'])}")
+            _say(f"    outputs {json.dumps(step['outputs'])}")
 
 
 def _step_line(step: dict[str, Any]) -> str:
@@ -442,7 +473,7 @@ def retry(config_file: str | None, event_id: str | None, all_failed: bool) -> No
     import time
 
     if bool(event_id) == all_failed:
-        raise click.UsageError("give an EVENT_ID or --failed, not both")
+        raise click.UsageError("give either an EVENT_ID or --failed")
     _, runtime = _open_backend(config_file)
     try:
         journal = runtime.journal

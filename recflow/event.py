@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -19,6 +20,11 @@ from typing import Any
 from recflow.errors import RequestError
 
 STATUSES = ("in-progress", "completed", "absent", "failed")
+
+# Parameters that hold a provider's ids, checked by `_check_id`.
+ID_PARAMS = ("AccountSid", "CallSid", "RecordingSid", "ConferenceSid")
+_ID_MAX = 64
+_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{_ID_MAX}}}")
 
 REQUIRED = ("AccountSid", "RecordingSid", "RecordingUrl", "RecordingStatus")
 
@@ -136,6 +142,9 @@ def parse_event(params: Mapping[str, str]) -> Event:
     missing = [name for name in REQUIRED if not params.get(name, "").strip()]
     if missing:
         raise RequestError(400, f"missing required field {missing[0]}")
+    for name in ID_PARAMS:
+        if name in params and (name in REQUIRED or params[name]):
+            _check_id(name, params[name])
 
     return Event(
         account_sid=params["AccountSid"],
@@ -154,6 +163,10 @@ def parse_event(params: Mapping[str, str]) -> Event:
     )
 
 
+# Larger counts (a duration of 1e308 seconds) are garbage, hence unknown.
+_MAX_COUNT = 2**31 - 1
+
+
 def _count(raw: str | None) -> int | None:
     if raw is None:
         return None
@@ -161,9 +174,25 @@ def _count(raw: str | None) -> int | None:
         value = float(raw.strip())
     except ValueError:
         return None
-    if value != value or value < 0 or value in (float("inf"),):
+    if not 0 <= value <= _MAX_COUNT:  # also false for NaN
         return None
     return int(value)
+
+
+def _check_id(name: str, value: str) -> None:
+    """Refuse an id that no provider sends and that would be unsafe in a path.
+
+    Ids are not checked against a provider's pattern (Twilio's `RE` + 32
+    hex digits, SignalWire's UUIDs): only that they are short words of
+    letters, digits, `-` and `_`, since rules put them in file and object
+    names (`{{ event.recording_sid }}.wav`).
+    """
+    if not _ID.fullmatch(value):
+        raise RequestError(
+            400,
+            f"malformed field {name}",
+            f"{name} must be 1 to {_ID_MAX} letters, digits, '-' or '_'",
+        )
 
 
 def _datetime(raw: str | None) -> datetime | None:

@@ -26,7 +26,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from recflow.queue import Backend, StepKey
+from recflow.queue import Backend, StepKey, StepQueue
 
 STATES = ("queued", "running", "done", "failed")
 
@@ -105,6 +105,20 @@ class Journal(abc.ABC):
         Raises `BackendError` when the commit fails.
         """
 
+    def record_and_enqueue(
+        self, events: Sequence[NewEvent], now: float, queue: StepQueue
+    ) -> list[bool]:
+        """`record`, then enqueue the first steps of the new events on `queue`.
+
+        What the pipeline calls. Here the enqueue follows the commit: a task
+        lost in between is found by the recovery pass, since the journal
+        records its step. A backend that can write both in one commit
+        overrides this.
+        """
+        fresh = self.record(events, now)
+        queue.put_many(first_step_keys(events, fresh))
+        return fresh
+
     @abc.abstractmethod
     def claim(self, key: StepKey, owner: Owner, lease: float, now: float) -> Claim | None:
         """Take a step that is due (queued and past `next_at`, or running with
@@ -162,6 +176,16 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+
+def first_step_keys(events: Sequence[NewEvent], fresh: Sequence[bool]) -> list[StepKey]:
+    """The step keys of the first step of each matched rule of the new events."""
+    return [
+        StepKey(event.id, rule, 0)
+        for event, new in zip(events, fresh, strict=True)
+        if new
+        for rule, _, _ in event.first_steps
+    ]
 
 
 def open_journal(backend: Backend) -> Journal:

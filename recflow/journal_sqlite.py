@@ -1,5 +1,8 @@
 """The journal in SQLite, in the same file as Huey's queue.
 
+The receiver's commit (`record_and_enqueue`) writes the events, their
+first steps and Huey's tasks for those steps in one transaction.
+
 WAL mode with `synchronous=FULL`: a commit returns only once it is on disk,
 so an event the receiver acknowledged survives `kill -9` and a power cut.
 Writers take the write lock up front (`BEGIN IMMEDIATE`) so that two
@@ -19,8 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from recflow.errors import BackendError
-from recflow.journal import Claim, Journal, NewEvent, Owner
-from recflow.queue import StepKey
+from recflow.journal import Claim, Journal, NewEvent, Owner, first_step_keys
+from recflow.queue import StepKey, StepQueue
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +128,48 @@ class SqliteJournal(Journal):
     # -- the receiver -----------------------------------------------------
 
     def record(self, events: Sequence[NewEvent], now: float) -> list[bool]:
-        fresh: list[bool] = []
+        return self._record(events, now, None)
+
+    def record_and_enqueue(
+        self, events: Sequence[NewEvent], now: float, queue: StepQueue
+    ) -> list[bool]:
+        """Record and enqueue in one transaction when the queue is in this file.
+
+        One commit, one fsync, and a task can no longer be lost between the
+        two; a queue elsewhere gets its tasks after the commit, as in the
+        base class.
+        """
+        if not queue.shares_file(self.path):
+            return super().record_and_enqueue(events, now, queue)
+        fresh = self._record(events, now, queue)
+        queue.wakeup.set()
+        return fresh
+
+    def _record(
+        self, events: Sequence[NewEvent], now: float, queue: StepQueue | None
+    ) -> list[bool]:
+        # A few statements per group, not a few per event: each one releases
+        # and takes back the GIL, which the receiver's event loop wants too.
+        # The write lock is held from `begin immediate`, so the ids found
+        # absent here are still absent when inserted.
+        ids = [event.id for event in events]
         with self._write() as conn:
+            known = {
+                row[0]
+                for row in conn.execute(
+                    f"select id from journal_events where id in ({','.join('?' * len(ids))})",
+                    ids,
+                )
+            }
+            fresh: list[bool] = []
             for event in events:
-                cursor = conn.execute(
-                    "insert or ignore into journal_events values (?, ?, ?, ?, ?, ?, ?)",
+                new = event.id not in known
+                known.add(event.id)  # the same event twice in a group: the first wins
+                fresh.append(new)
+            new_events = [event for event, new in zip(events, fresh, strict=True) if new]
+            conn.executemany(
+                "insert into journal_events values (?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         event.id,
                         event.data["account_sid"],
@@ -138,18 +178,22 @@ class SqliteJournal(Journal):
                         event.received_at,
                         json.dumps(event.data),
                         json.dumps(list(event.rules)),
-                    ),
-                )
-                fresh.append(cursor.rowcount == 1)
-                if cursor.rowcount != 1:
-                    continue
-                for pos, (rule, action, step_id) in enumerate(event.first_steps):
-                    conn.execute(
-                        "insert into journal_steps (event_id, rule, idx, rule_pos, step_id,"
-                        " action, state, next_at, updated_at)"
-                        " values (?, ?, 0, ?, ?, ?, 'queued', ?, ?)",
-                        (event.id, rule, pos, step_id, action, now, now),
                     )
+                    for event in new_events
+                ],
+            )
+            conn.executemany(
+                "insert into journal_steps (event_id, rule, idx, rule_pos, step_id,"
+                " action, state, next_at, updated_at)"
+                " values (?, ?, 0, ?, ?, ?, 'queued', ?, ?)",
+                [
+                    (event.id, rule, pos, step_id, action, now, now)
+                    for event in new_events
+                    for pos, (rule, action, step_id) in enumerate(event.first_steps)
+                ],
+            )
+            if queue is not None:
+                queue.put_many_in(conn, first_step_keys(events, fresh))
         return fresh
 
     # -- workers ------------------------------------------------------------

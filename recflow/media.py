@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import logging
 import posixpath
 import socket
@@ -32,6 +33,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from recflow import http_client
 from recflow.config import ProviderConfig
 from recflow.errors import ActionError
 
@@ -119,9 +121,15 @@ class Media:
             raise RuntimeError("iter_bytes can be called only once")
         chunks, self._chunks = self._chunks, None
         received = 0
-        pending = bytearray(self._head)
+        pending = bytearray()
         try:
-            for chunk in chunks:
+            for chunk in itertools.chain((self._head,), chunks):
+                # A chunk as big as asked goes out as it came: copying each
+                # megabyte into a buffer and out again cost a worker time.
+                if not pending and len(chunk) >= chunk_size:
+                    received += len(chunk)
+                    yield chunk
+                    continue
                 pending += chunk
                 if len(pending) >= chunk_size:
                     received += len(pending)
@@ -161,14 +169,13 @@ def open_media(
     """
     url = media_url(recording_url, fmt)
     _check_own_origin(url, provider)
-    with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
-        response = _request(client, "GET", url, provider, allow_private_redirects)
-        try:
-            media = Media(response, str(response.url))
-            media._start()
-            yield media
-        finally:
-            response.close()
+    response = _request(http_client.client(), "GET", url, provider, allow_private_redirects)
+    try:
+        media = Media(response, str(response.url))
+        media._start()
+        yield media
+    finally:
+        response.close()
 
 
 def head_length(
@@ -181,12 +188,11 @@ def head_length(
     """The provider's announced size of the media; None when it does not say or is gone."""
     url = media_url(recording_url, fmt)
     _check_own_origin(url, provider)
-    with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
-        try:
-            response = _request(client, "HEAD", url, provider, allow_private_redirects)
-        except _NotFound:
-            return None
-        response.close()
+    try:
+        response = _request(http_client.client(), "HEAD", url, provider, allow_private_redirects)
+    except _NotFound:
+        return None
+    response.close()
     raw = response.headers.get("content-length", "")
     return int(raw) if raw.isdigit() else None
 
@@ -211,7 +217,7 @@ def _request(
     for _hop in range(MAX_REDIRECTS + 1):
         same_origin = origin_of(url) == own_origin
         auth = (provider.account_sid, provider.api_token) if same_origin else None
-        request = client.build_request(method, url)
+        request = client.build_request(method, url, timeout=TIMEOUT)
         try:
             response = client.send(request, auth=auth, stream=True)
         except httpx.HTTPError as exc:

@@ -7,31 +7,36 @@ receiver calls, `start(n)` starts `n` worker threads, `close()` stops them.
 `Pipeline.submit` answers only once the event and the first step of each
 matched rule are committed. Commits are grouped: one committer thread takes
 every submission waiting, writes them in one transaction (one fsync for
-the group), then resolves each submission, so a burst of callbacks costs a
-few fsyncs instead of one each while every answer still follows its
-commit. Tasks are enqueued after the commit and before the answer; a task
-lost between the two (a crash) is found by the workers' recovery pass,
-since the journal records the step.
+the group) with the group's first steps enqueued (`Journal.record_and_enqueue`:
+in that same transaction on SQLite, right after it on Redis), then
+resolves each submission, so a burst of callbacks costs a few fsyncs
+instead of one each while every answer still follows its commit. A task
+lost between a commit and its enqueue (a crash, on Redis) is found by the
+workers' recovery pass, since the journal records the step.
+
+A submission waits on a plain asyncio future of its own event loop; the
+committer resolves a whole group with one `call_soon_threadsafe` per loop,
+which costs the event loop far less than a `concurrent.futures.Future`
+per callback (a lock and a condition each) wrapped for asyncio.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import queue as queue_module
 import threading
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from recflow.config import Config, RuleConfig
 from recflow.errors import BackendError
 from recflow.event import Event
 from recflow.journal import Journal, NewEvent, Owner, open_journal
 from recflow.plugins import PluginHost
-from recflow.queue import StepKey, StepQueue, parse_backend
+from recflow.queue import StepQueue, parse_backend
 from recflow.worker import StepRunner, WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -42,7 +47,12 @@ MAX_GROUP = 500
 
 class _Submission(NamedTuple):
     event: NewEvent
-    done: concurrent.futures.Future[bool]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[bool]
+
+
+# What a submission learns: new (True), known (False), or why it failed.
+_Outcome: TypeAlias = bool | BackendError
 
 
 class Pipeline:
@@ -77,9 +87,10 @@ class Pipeline:
                 (rule.name, rule.steps[0].action, rule.steps[0].id) for rule in rules if rule.steps
             ),
         )
-        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        self._pending.put(_Submission(record, done))
-        fresh = await asyncio.wrap_future(done)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.put(_Submission(record, loop, future))
+        fresh = await future
         if fresh:
             try:
                 self.host.hook.event_received(event=event, rules=list(record.rules))
@@ -99,6 +110,13 @@ class Pipeline:
             self._closed = True
             self._pending.put(None)
             self._committer.join()
+            # A submit that passed its check as close began is refused, not left waiting.
+            late: list[_Submission] = []
+            while not self._pending.empty():
+                item = self._pending.get_nowait()
+                if item is not None:
+                    late.append(item)
+            _answer(late, [BackendError("the pipeline is closed")] * len(late))
 
     def _commit_loop(self) -> None:
         while True:
@@ -122,23 +140,38 @@ class Pipeline:
 
     def _commit(self, group: list[_Submission]) -> None:
         try:
-            fresh = self.journal.record([s.event for s in group], time.time())
+            events = [s.event for s in group]
+            fresh = self.journal.record_and_enqueue(events, time.time(), self.queue)
         except Exception as exc:
-            error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
             logger.error("cannot commit %d callbacks: %s", len(group), exc)
-            for submission in group:
-                submission.done.set_exception(error)
+            message = str(exc)
+            _answer(group, [BackendError(message) for _ in group])
             return
-        self.queue.put_many(
-            [
-                StepKey(s.event.id, rule, 0)
-                for s, new in zip(group, fresh, strict=True)
-                if new
-                for rule, _, _ in s.event.first_steps
-            ]
-        )
-        for submission, new in zip(group, fresh, strict=True):
-            submission.done.set_result(new)
+        _answer(group, fresh)
+
+
+def _answer(group: Sequence[_Submission], outcomes: Sequence[_Outcome]) -> None:
+    """Hand each submission its outcome, in one call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], _Outcome]]] = {}
+    for submission, outcome in zip(group, outcomes, strict=True):
+        by_loop.setdefault(submission.loop, []).append((submission.future, outcome))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:
+            # The loop closed while its callbacks were committed: nobody waits.
+            logger.debug("%d outcomes for a closed event loop dropped", len(items))
+
+
+def _settle(items: list[tuple[asyncio.Future[bool], _Outcome]]) -> None:
+    """Resolve futures, in their own event loop's thread."""
+    for future, outcome in items:
+        if future.done():  # cancelled: the request went away
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class Runtime:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from recflow import http_client
 from recflow.config import ProviderConfig
 from recflow.errors import ActionError
 
@@ -80,7 +81,7 @@ def _call(
     timeout: float | httpx.Timeout = TIMEOUT,
 ) -> httpx.Response:
     try:
-        return httpx.request(method, url, auth=auth, data=data, timeout=timeout)
+        return http_client.client().request(method, url, auth=auth, data=data, timeout=timeout)
     except httpx.HTTPError as exc:
         raise ActionError(f"provider API unreachable: {type(exc).__name__}: {exc}") from None
 

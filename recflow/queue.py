@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import huey
-from huey.storage import SqliteStorage
+from huey.storage import RedisStorage, SqliteStorage
 
 from recflow.errors import BackendError
 
@@ -67,17 +69,44 @@ def parse_backend(url: str, base_dir: str = ".") -> Backend:
 
 
 class _SqliteStorage(SqliteStorage):
-    """Huey's SQLite storage with `synchronous=NORMAL` on its connections.
+    """Huey's SQLite storage with `synchronous=NORMAL` and batched enqueues.
 
     The journal commits what is owed with a full fsync; a queue entry lost
     to a power cut is found again by the recovery pass, so enqueueing need
     not pay for an fsync of its own. WAL with NORMAL never corrupts the file.
+
+    `insert_tasks` writes into Huey's own `task` table (its columns `queue`,
+    `data`, `priority`, as `SqliteStorage.enqueue` does, one row each), so it
+    depends on that schema; `tests/test_queue.py` checks that such a task is
+    taken by `StepQueue.take`, which would fail if a Huey release changed it.
     """
 
     def _create_connection(self) -> Any:
         conn = super()._create_connection()
         conn.execute("pragma synchronous=NORMAL")
         return conn
+
+    def enqueue_many(self, blobs: list[bytes]) -> None:
+        """Enqueue serialised tasks, all in one transaction."""
+        with self.db(commit=True) as cursor:
+            self.insert_tasks(cursor, blobs)
+
+    def insert_tasks(self, cursor: sqlite3.Cursor | sqlite3.Connection, blobs: list[bytes]) -> None:
+        """Insert serialised tasks in the transaction `cursor` has open, on this file."""
+        rows = [(self.name, self.to_blob(blob), 0) for blob in blobs]
+        cursor.executemany("insert into task (queue, data, priority) values (?, ?, ?)", rows)
+
+
+class _RedisStorage(RedisStorage):
+    """Huey's Redis storage with batched enqueues: one LPUSH for many tasks.
+
+    LPUSH with several values pushes them in order onto the head, and Huey
+    pops from the tail, so they are taken in the order given.
+    """
+
+    def enqueue_many(self, blobs: list[bytes]) -> None:
+        """Enqueue serialised tasks in one round trip."""
+        self.conn.lpush(self.queue_key, *blobs)
 
 
 class StepQueue:
@@ -108,7 +137,12 @@ class StepQueue:
                 pool = redis.ConnectionPool.from_url(
                     backend.location, socket_timeout=10, socket_connect_timeout=5
                 )
-                self.huey = huey.RedisHuey(QUEUE_NAME, results=False, connection_pool=pool)
+                self.huey = huey.Huey(
+                    QUEUE_NAME,
+                    results=False,
+                    storage_class=_RedisStorage,
+                    connection_pool=pool,
+                )
         except BackendError:
             raise
         except Exception as exc:
@@ -116,6 +150,7 @@ class StepQueue:
         # The body never runs: workers read the task's arguments and run the
         # step themselves, so that the journal decides whether it runs.
         self._task = self.huey.task(name="recflow.step")(_never_called)
+        self._storage: _SqliteStorage | _RedisStorage = self.huey.storage
         # Wakes this process's idle workers as soon as it enqueues something.
         self.wakeup = threading.Event()
 
@@ -128,19 +163,49 @@ class StepQueue:
             self._task(*args)
             self.wakeup.set()
 
-    def put_many(self, keys: list[StepKey]) -> None:
-        """Enqueue steps to run now; errors are logged, recovery resends."""
-        for key in keys:
-            try:
-                self.put(key)
-            except Exception as exc:
-                logger.warning(
-                    "could not enqueue step %s/%s/%d, the recovery pass will: %s",
-                    key.event_id,
-                    key.rule,
-                    key.step_index,
-                    exc,
-                )
+    def put_many(self, keys: Sequence[StepKey]) -> None:
+        """Enqueue steps to run now, in one transaction (one round trip on Redis).
+
+        Errors are logged, not raised: the recovery pass resends what is owed.
+        """
+        if not keys:
+            return
+        try:
+            self._storage.enqueue_many(self._serialize(keys))
+        except Exception as exc:
+            _log_lost(keys, exc)
+            return
+        self.wakeup.set()
+
+    def shares_file(self, path: str) -> bool:
+        """True when this queue is SQLite and lives in the file `path`."""
+        return self.backend.kind == "sqlite" and self.backend.location == path
+
+    def put_many_in(self, conn: sqlite3.Connection, keys: Sequence[StepKey]) -> None:
+        """Enqueue steps through `conn`, inside the transaction it has open.
+
+        For a journal in the same SQLite file (`shares_file`): the tasks
+        then commit, or not, with what the journal writes. The caller sets
+        `wakeup` once that transaction has committed. A failed insert is
+        undone alone (a savepoint) and logged: the journal's commit goes on,
+        and the recovery pass enqueues those steps.
+        """
+        if not keys:
+            return
+        storage = self._storage
+        if not isinstance(storage, _SqliteStorage):
+            raise TypeError("put_many_in needs a SQLite queue")
+        conn.execute("savepoint recflow_tasks")
+        try:
+            storage.insert_tasks(conn, self._serialize(keys))
+        except Exception as exc:
+            conn.execute("rollback to recflow_tasks")
+            _log_lost(keys, exc)
+        conn.execute("release recflow_tasks")
+
+    def _serialize(self, keys: Sequence[StepKey]) -> list[bytes]:
+        task = self._task.s
+        return [self.huey.serialize_task(task(*key)) for key in keys]
 
     def take(self) -> StepKey | None:
         """The next step key due now, or None when the queue is empty."""
@@ -170,6 +235,18 @@ class StepQueue:
         """Forget every queued and scheduled task (the journal stays)."""
         self.huey.storage.flush_queue()
         self.huey.storage.flush_schedule()
+
+
+def _log_lost(keys: Sequence[StepKey], exc: Exception) -> None:
+    first = keys[0]
+    logger.warning(
+        "could not enqueue %d steps (%s/%s/%d first), the recovery pass will: %s",
+        len(keys),
+        first.event_id,
+        first.rule,
+        first.step_index,
+        exc,
+    )
 
 
 def _never_called(event_id: str, rule: str, index: int) -> None:

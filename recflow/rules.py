@@ -56,16 +56,23 @@ class Condition(Protocol):
     def explain(self, event: Event) -> str: ...
 
 
+Test = Callable[[Event], bool]
+
+
 class All:
     """Holds when every child holds (a `when` mapping, or `all: [...]`)."""
 
-    __slots__ = ("children",)
+    __slots__ = ("children", "test", "cost")
 
     def __init__(self, children: Sequence[Condition]) -> None:
         self.children = tuple(children)
+        # Nested conjunctions are one conjunction; the cheapest run first.
+        parts = sorted(_conjuncts(self.children), key=_cost)
+        self.test = _all_of([_test_of(part) for part in parts])
+        self.cost = sum(_cost(part) for part in parts)
 
     def evaluate(self, event: Event) -> bool:
-        return all(child.evaluate(event) for child in self.children)
+        return self.test(event)
 
     def explain(self, event: Event) -> str:
         for child in self.children:
@@ -77,13 +84,15 @@ class All:
 class Any:
     """Holds when at least one child holds (`any: [...]`)."""
 
-    __slots__ = ("children",)
+    __slots__ = ("children", "test", "cost")
 
     def __init__(self, children: Sequence[Condition]) -> None:
         self.children = tuple(children)
+        self.test = _any_of([_test_of(child) for child in sorted(self.children, key=_cost)])
+        self.cost = sum(_cost(child) for child in self.children)
 
     def evaluate(self, event: Event) -> bool:
-        return any(child.evaluate(event) for child in self.children)
+        return self.test(event)
 
     def explain(self, event: Event) -> str:
         for child in self.children:
@@ -95,13 +104,16 @@ class Any:
 class Not:
     """Holds when its child does not (`not: {...}`)."""
 
-    __slots__ = ("child",)
+    __slots__ = ("child", "test", "cost")
 
     def __init__(self, child: Condition) -> None:
         self.child = child
+        inner = _test_of(child)
+        self.test: Test = lambda event: not inner(event)
+        self.cost = _cost(child)
 
     def evaluate(self, event: Event) -> bool:
-        return not self.child.evaluate(event)
+        return self.test(event)
 
     def explain(self, event: Event) -> str:
         return f"not ({self.child.explain(event)})"
@@ -110,7 +122,7 @@ class Not:
 class Field:
     """One operator applied to one event field or parameter."""
 
-    __slots__ = ("name", "op", "operand", "_get", "_test", "_held", "_failed")
+    __slots__ = ("name", "op", "operand", "test", "cost", "_get", "_test", "_held", "_failed")
 
     def __init__(self, name: str, op: str, operand: typing.Any, path: str) -> None:
         self.name = name
@@ -118,12 +130,11 @@ class Field:
         self.operand = operand
         self._get = _getter(name)
         self._test, self._held, self._failed = _test(op, operand, path)
+        self.test = _field_test(self._get, op, operand, self._test)
+        self.cost = _COSTS.get(op, 1)
 
     def evaluate(self, event: Event) -> bool:
-        value = self._get(event)
-        if value is None:
-            return self.op == "exists" and self.operand is False
-        return self._test(value)
+        return self.test(event)
 
     def explain(self, event: Event) -> str:
         value = self._get(event)
@@ -148,8 +159,24 @@ def compile_when(spec: typing.Any, path: str) -> Condition | None:
 
 
 def match(rules: Iterable[RuleConfig], event: Event) -> list[RuleConfig]:
-    """The rules whose `when` holds, in file order; a `stop` rule ends the search."""
+    """The rules whose `when` holds, in file order; a `stop` rule ends the search.
+
+    Given a tuple (`Config.rules`), the rules are indexed once by the values
+    their `when` requires (the status, a tenant parameter...: see `_Plan`),
+    so an event is tested only against the rules that can match it; any
+    other iterable is walked in full.
+    """
     matched = []
+    if isinstance(rules, tuple):
+        plan = _plan_for(rules)
+        while plan.get is not None:
+            plan = plan.by_value.get(plan.get(event), plan.default)
+        for rule, test in plan.entries:
+            if test is None or test(event):
+                matched.append(rule)
+                if rule.stop:
+                    break
+        return matched
     for rule in rules:
         if rule.when is None or rule.when.evaluate(event):
             matched.append(rule)
@@ -174,6 +201,269 @@ def explain(rules: Iterable[RuleConfig], event: Event) -> list[tuple[RuleConfig,
         if held and rule.stop:
             stopped_by = rule.name
     return out
+
+
+# -- matching many rules ---------------------------------------------------------
+
+
+# A rule being indexed: its place in the file, the rule, and the conditions
+# of its `when` that the index has not yet checked (a conjunction).
+_Entry = tuple[int, "RuleConfig", list[Condition]]
+
+
+class _Plan:
+    """Rules indexed by the values their `when` requires, for `match`.
+
+    Most rules require a field to equal one text or a few, as a direct
+    condition of the `when`: `status: completed`, `params.Tenant: acme`.
+    A plan picks the field that most of its rules require and lists each
+    rule only under the values it accepts, with the rest of its `when` as
+    its test, since the index has checked that condition; rules that do not
+    require the field are listed under every value and as the `default`
+    (an event whose value no rule names, or an unknown value). Each list
+    is a plan again, up to `_DEPTH` levels, then a leaf of `entries` to
+    test in turn. Every list keeps file order, so `stop` ends the search
+    exactly where a full walk would: a rule left out of a list is one that
+    could not have matched.
+
+    A field is not indexed when the rules that do not require it would be
+    copied under too many values (more than `_SPREAD` entries per rule).
+    """
+
+    __slots__ = ("get", "by_value", "default", "entries")
+
+    def __init__(self, entries: list[_Entry], depth: int = 0) -> None:
+        self.get: Callable[[Event], str | None] | None = None
+        self.by_value: dict[str | None, _Plan] = {}
+        self.default = self
+        self.entries: tuple[tuple[RuleConfig, Test | None], ...] = ()
+        chosen = _index_field(entries) if depth < _DEPTH and len(entries) >= _MIN_SPLIT else None
+        if chosen is None:
+            self.entries = tuple((rule, _test_all(rest)) for _, rule, rest in entries)
+            return
+        lacking: list[_Entry] = []
+        under: dict[str, list[_Entry]] = {}
+        for position, rule, rest in entries:
+            found = _take_key(rest, chosen)
+            if found is None:
+                lacking.append((position, rule, rest))
+                continue
+            values, left = found
+            for value in values:
+                under.setdefault(value, []).append((position, rule, left))
+        if len(under) * len(lacking) > _SPREAD * len(entries):
+            self.entries = tuple((rule, _test_all(rest)) for _, rule, rest in entries)
+            return
+        self.get = _key_getter(chosen)
+        self.default = _Plan(lacking, depth + 1)
+        self.by_value = {
+            value: _Plan(sorted(listed + lacking, key=lambda e: e[0]), depth + 1)
+            for value, listed in under.items()
+        }
+
+
+_DEPTH = 3
+_MIN_SPLIT = 4
+_SPREAD = 4
+
+# Plans of the last few rule tuples matched, by identity: a server matches
+# against one `Config.rules` for its whole life. The tuple is kept with
+# its plan, so its id cannot be reused by another tuple while cached.
+_PLANS: dict[int, tuple[tuple[RuleConfig, ...], _Plan]] = {}
+_PLANS_KEPT = 8
+
+
+def _plan_for(rules: tuple[RuleConfig, ...]) -> _Plan:
+    cached = _PLANS.get(id(rules))
+    if cached is not None and cached[0] is rules:
+        return cached[1]
+    plan = _Plan([(i, rule, _conjuncts(_present(rule.when))) for i, rule in enumerate(rules)])
+    while len(_PLANS) >= _PLANS_KEPT:
+        # Another thread may evict the same entry first; either way it goes.
+        _PLANS.pop(next(iter(_PLANS), 0), None)
+    _PLANS[id(rules)] = (rules, plan)
+    return plan
+
+
+def _present(when: Condition | None) -> tuple[Condition, ...]:
+    return () if when is None else (when,)
+
+
+def _key_values(node: Condition) -> tuple[str, frozenset[str]] | None:
+    """The field `node` requires to equal some texts, and those texts, if it does."""
+    if isinstance(node, Field) and node.op in ("eq", "in"):
+        values = _all_text(node.operand if node.op == "in" else [node.operand])
+        return None if values is None else (node.name, values)
+    return None
+
+
+def _index_field(entries: list[_Entry]) -> str | None:
+    """The field that most entries require to equal some texts, if at least half do."""
+    counts: dict[str, int] = {}
+    for _, _, rest in entries:
+        names = {key[0] for key in map(_key_values, rest) if key is not None}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        return None
+    name = max(counts, key=lambda n: counts[n])
+    return name if counts[name] * 2 >= len(entries) else None
+
+
+def _take_key(rest: list[Condition], name: str) -> tuple[frozenset[str], list[Condition]] | None:
+    """The values required of field `name` by a condition of `rest`, and the others."""
+    for index, node in enumerate(rest):
+        key = _key_values(node)
+        if key is not None and key[0] == name:
+            return key[1], rest[:index] + rest[index + 1 :]
+    return None
+
+
+def _key_getter(name: str) -> Callable[[Event], str | None]:
+    """The field as text, as equality compares it; None when unknown."""
+    get = _getter(name)
+
+    def key(event: Event) -> str | None:
+        value = get(event)
+        if value is None or value.__class__ is str:
+            return value
+        return _text(value)
+
+    return key
+
+
+def _test_all(parts: list[Condition]) -> Test | None:
+    """One test of the conjunction `parts`, cheapest first; None when empty."""
+    ordered = sorted(parts, key=_cost)
+    return _all_of([_test_of(part) for part in ordered]) if ordered else None
+
+
+def _conjuncts(nodes: Iterable[Condition]) -> list[Condition]:
+    """`nodes` with every `All` among them replaced by its children, recursively."""
+    out: list[Condition] = []
+    for node in nodes:
+        if isinstance(node, All):
+            out.extend(_conjuncts(node.children))
+        else:
+            out.append(node)
+    return out
+
+
+# Rough relative costs, so that a conjunction tries its cheap conditions
+# first: a set or string comparison, a number parsed, a regex searched.
+_COSTS = {"gt": 2, "gte": 2, "lt": 2, "lte": 2, "matches": 4}
+
+
+def _cost(node: Condition) -> int:
+    return int(getattr(node, "cost", 8))
+
+
+def _test_of(node: Condition) -> Test:
+    test = getattr(node, "test", None)
+    return test if test is not None else node.evaluate
+
+
+def _all_of(tests: Sequence[Test]) -> Test:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda event: first(event) and second(event)
+    every = tuple(tests)
+
+    # A loop rather than all(...): no generator made per event.
+    def test(event: Event) -> bool:
+        for each in every:  # noqa: SIM110
+            if not each(event):
+                return False
+        return True
+
+    return test
+
+
+def _any_of(tests: Sequence[Test]) -> Test:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda event: first(event) or second(event)
+    some = tuple(tests)
+
+    def test(event: Event) -> bool:
+        for each in some:  # noqa: SIM110
+            if each(event):
+                return True
+        return False
+
+    return test
+
+
+def _field_test(
+    get: Callable[[Event], typing.Any],
+    op: str,
+    operand: typing.Any,
+    on_value: Callable[[typing.Any], bool],
+) -> Test:
+    """`on_value` applied to the field of an event, with the common cases inlined.
+
+    Each closure gives what `on_value(get(event))` gives, an unknown value
+    failing every operator but `exists: false`; the shortcuts skip
+    `_text` and `_number` for the value types fields usually hold.
+    """
+    if op == "exists":
+        want = operand
+
+        def exists(event: Event) -> bool:
+            value = get(event)
+            return want is False if value is None else (value != "") is want
+
+        return exists
+    texts = _all_text(operand if op in ("in", "not_in") else [operand])
+    if op in ("eq", "in", "ne", "not_in") and texts is not None:
+        negate = op in ("ne", "not_in")
+
+        def equals(event: Event) -> bool:
+            value = get(event)
+            if value is None:
+                return False
+            found = (value if value.__class__ is str else _text(value)) in texts
+            return found is not negate
+
+        return equals
+    if op in _ORDER:
+        compare, bound = _ORDER[op][0], float(operand)
+
+        def order(event: Event) -> bool:
+            value = get(event)
+            if value.__class__ is int:
+                return compare(float(value), bound)
+            number = _number(value)
+            return number is not None and compare(number, bound)
+
+        return order
+    if op == "matches":
+        search = re.compile(operand).search
+
+        def matches(event: Event) -> bool:
+            value = get(event)
+            if value.__class__ is str:
+                return search(value) is not None
+            return value is not None and search(_text(value)) is not None
+
+        return matches
+
+    def general(event: Event) -> bool:
+        value = get(event)
+        return value is not None and on_value(value)
+
+    return general
+
+
+def _all_text(values: typing.Any) -> frozenset[str] | None:
+    """`values` as a set when every one is a string (compared as text), else None."""
+    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+        return frozenset(values)
+    return None
 
 
 # -- compiling -----------------------------------------------------------------

@@ -61,12 +61,23 @@ class Redactor:
         return obj
 
 
+# C0 and C1 control characters but tab: a newline or a terminal escape in
+# a value a client sent must not start a forged log line or drive a terminal.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with control characters shown as escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class RedactingFilter(logging.Filter):
     """A handler filter that masks each record's message, traceback and stack.
 
     The message is formatted with its arguments first, then masked, and
     the arguments are cleared, so a secret passed as a lazy ``%s``
-    argument is masked too.
+    argument is masked too. Control characters in the message are escaped,
+    so one record stays one line whatever a callback carried.
     """
 
     def __init__(self, redactor: Redactor) -> None:
@@ -74,7 +85,7 @@ class RedactingFilter(logging.Filter):
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redactor.mask(record.getMessage())
+        record.msg = escape_controls(self.redactor.mask(record.getMessage()))
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -15,6 +15,7 @@ itself contains ``{{`` is compiled as template text.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -74,12 +75,25 @@ _ENV.filters["filename"] = filename
 
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """One compiled template string and where it was written."""
+    """One compiled template string and where it was written.
+
+    `code` is the Python source Jinja generated for it at load, when every
+    mistake Jinja can see before rendering (syntax, an unknown filter) is
+    raised. Turning that source into a Python function is left to the first
+    render: it was half the cost of a load of thousands of rules, most of
+    whose templates a given process may never render.
+    """
 
     source: str
     path: str
     line: int | None
-    template: jinja2.Template = dataclasses.field(repr=False, compare=False)
+    code: str = dataclasses.field(repr=False, compare=False)
+
+    @functools.cached_property
+    def template(self) -> jinja2.Template:
+        """The template, made from `code` on first use."""
+        code = compile(self.code, "<template>", "exec")
+        return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
 
     def render(self, context: Mapping[str, Any]) -> str:
         try:
@@ -244,17 +258,23 @@ def _compile(value: Any, path: str, lines: Mapping[str, int]) -> Any:
             return value
         line = _line(path, lines)
         try:
-            template = _ENV.from_string(value)
+            code = _generate(value)
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(
                 f"template syntax: {exc.message}; in {value!r}", line=line, path=path
             ) from None
-        return Template(source=value, path=path, line=line, template=template)
+        return Template(source=value, path=path, line=line, code=code)
     if isinstance(value, Mapping):
         return {k: _compile(v, join_path(path, str(k)), lines) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_compile(v, join_path(path, i), lines) for i, v in enumerate(value)]
     return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _generate(source: str) -> str:
+    """Jinja's Python source for a template; rules often repeat one (a path, a title)."""
+    return _ENV.compile(source, raw=True)
 
 
 def _render(tree: Any, context: Mapping[str, Any]) -> Any:

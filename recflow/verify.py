@@ -73,7 +73,7 @@ def form_signature(url: str, pairs: Iterable[tuple[str, str]], key: str) -> str:
 
 def json_signature(url: str, body: bytes, key: str) -> str:
     """SignalWire's JSON scheme: lowercase hex HMAC-SHA1 over URL + raw body."""
-    return hmac.new(key.encode(), url.encode() + body, hashlib.sha1).hexdigest()
+    return hmac.digest(key.encode(), url.encode() + body, "sha1").hex()
 
 
 def is_valid(
@@ -122,11 +122,10 @@ def _base64_messages(
             return []
         return list(candidates)
     if content_type == FORM:
-        pairs = form_pairs or []
         # Twilio's own validator drops a value repeated under one name;
         # a plain signer keeps it. Both describe the same body.
-        suffixes = {_sorted_params(pairs, dedupe=False), _sorted_params(pairs, dedupe=True)}
-        return [candidate + suffix for candidate in candidates for suffix in sorted(suffixes)]
+        suffixes = _form_suffixes(form_pairs or [])
+        return [candidate + suffix for candidate in candidates for suffix in suffixes]
     return list(candidates)
 
 
@@ -143,6 +142,25 @@ def _sorted_params(pairs: Iterable[tuple[str, str]], *, dedupe: bool) -> str:
     grouped: dict[str, list[str]] = {}
     for name, value in pairs:
         grouped.setdefault(name, []).append(value)
+    return _joined(grouped, dedupe=dedupe)
+
+
+def _form_suffixes(pairs: Iterable[tuple[str, str]]) -> list[str]:
+    """The sorted-parameter texts a signer may have appended, sorted, distinct.
+
+    Grouped once; the deduplicated text is built only when some name repeats
+    a value, since otherwise it equals the plain one.
+    """
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    plain = _joined(grouped, dedupe=False)
+    if all(len(values) == len(set(values)) for values in grouped.values()):
+        return [plain]
+    return sorted({plain, _joined(grouped, dedupe=True)})
+
+
+def _joined(grouped: dict[str, list[str]], *, dedupe: bool) -> str:
     parts: list[str] = []
     for name in sorted(grouped):
         values = set(grouped[name]) if dedupe else grouped[name]
@@ -151,8 +169,8 @@ def _sorted_params(pairs: Iterable[tuple[str, str]], *, dedupe: bool) -> str:
 
 
 def _b64_hmac(key: str, message: str) -> str:
-    digest = hmac.new(key.encode(), message.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode("ascii")
+    # hmac.digest is OpenSSL's one-shot HMAC: a fraction of hmac.new's cost.
+    return base64.b64encode(hmac.digest(key.encode(), message.encode(), "sha1")).decode("ascii")
 
 
 def _signatures(headers: Mapping[str, str]) -> list[str]:

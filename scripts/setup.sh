@@ -45,8 +45,12 @@ quiet .venv/bin/python -m pip install --upgrade pip
 extras="demo"
 [ "$want_test" = 1 ] && extras="demo,test"
 echo "setup: installing recflow[$extras] and plugins/recflow-transcribe into .venv"
-pkgs=(-e ".[$extras]" -e plugins/recflow-transcribe)
-# The test plugin: actions the durability tests count runs with.
-[ "$want_test" = 1 ] && pkgs+=(-e tests/plugins/recflow-testactions)
-quiet .venv/bin/python -m pip install "${pkgs[@]}"
+quiet .venv/bin/python -m pip install -e ".[$extras]" -e plugins/recflow-transcribe
+if [ "$want_test" = 1 ]; then
+    # The actions the durability tests count runs with, installed with pip
+    # like any third-party plugin but into a folder of their own, which only
+    # the tests put on the path: `recflow` in .venv never offers them.
+    quiet .venv/bin/python -m pip install --no-deps --upgrade --target tests/.plugins \
+        tests/plugins/recflow-testactions
+fi
 rm -f "$log"

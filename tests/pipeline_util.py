@@ -35,15 +35,15 @@ PLUGIN_DIR = Path(__file__).parent / "plugins" / "recflow-testactions"
 def ensure_test_plugin() -> None:
     """Fail clearly when tests/plugins/recflow-testactions is not installed.
 
-    scripts/setup.sh --test installs it (with pip, like any third-party
-    plugin); the tests never reach a package index themselves.
+    scripts/setup.sh --test installs it with pip into tests/.plugins, which
+    conftest.py puts on the path; the tests never reach a package index.
     """
     from importlib import metadata
 
     try:
         metadata.distribution("recflow-testactions")
     except metadata.PackageNotFoundError:
-        pytest.fail(f"the test plugin is not installed: pip install -e {PLUGIN_DIR}")
+        pytest.fail(f"the test plugin {PLUGIN_DIR} is not installed: run scripts/setup.sh --test")
 
 
 def plugin_host(*extra: object) -> PluginHost:

@@ -43,7 +43,7 @@ rules:
 """
 
 
-def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+def run(*args: str, stdin: str | bytes | None = None) -> tuple[int, str, str]:
     result = CliRunner().invoke(cli, list(args), input=stdin)
     return result.exit_code, result.stdout, result.stderr
 
@@ -51,7 +51,7 @@ def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
 def test_check_ok_on_the_example() -> None:
     code, out, _ = run("check", "-c", EXAMPLE)
     assert code == 0
-    assert out.strip() == "ok: 2 rules, 1 providers"
+    assert out.strip() == "ok: 2 rules, 1 provider"
 
 
 def test_check_reads_recflow_config_from_the_environment(
@@ -59,14 +59,14 @@ def test_check_reads_recflow_config_from_the_environment(
 ) -> None:
     monkeypatch.setenv("RECFLOW_CONFIG", write_config(tmp_path, PROVIDER + RULES))
     code, out, _ = run("check")
-    assert (code, out.strip()) == (0, "ok: 3 rules, 1 providers")
+    assert (code, out.strip()) == (0, "ok: 3 rules, 1 provider")
 
 
 def test_check_warns_when_signatures_are_not_verified(tmp_path: Path) -> None:
     path = write_config(tmp_path, PROVIDER + "server: {verify_signatures: false}\n")
     code, out, err = run("check", "-c", path)
     assert code == 0
-    assert "ok: 0 rules, 1 providers" in out
+    assert "ok: 0 rules, 1 provider" in out
     assert "warning: server.verify_signatures is false" in err
 
 
@@ -196,9 +196,17 @@ def test_match_stop_and_query_parameters_from_stdin(config_file: str) -> None:
         pytest.param("[1]", "payload: missing required field AccountSid", id="not-object"),
         pytest.param('["x"', "payload: missing required field AccountSid", id="list-form"),
         pytest.param("AccountSid=a&RecordingSid=b", "missing required field", id="missing"),
+        pytest.param(b"\xff\xfe\x00binary", "payload: not UTF-8 text", id="binary"),
+        pytest.param(
+            "AccountSid=a&RecordingSid=x/y&RecordingUrl=u&RecordingStatus=completed",
+            "payload: malformed field RecordingSid",
+            id="path-in-id",
+        ),
     ],
 )
-def test_match_bad_payload_is_one_line(config_file: str, payload: str, message: str) -> None:
+def test_match_bad_payload_is_one_line(
+    config_file: str, payload: str | bytes, message: str
+) -> None:
     code, _, err = run("match", "-c", config_file, "-", stdin=payload)
     assert code == 1
     assert message in err
@@ -209,3 +217,17 @@ def test_match_missing_payload_file(config_file: str, tmp_path: Path) -> None:
     code, _, err = run("match", "-c", config_file, str(tmp_path / "nope.form"))
     assert code == 2
     assert "nope.form" in err
+
+
+def test_match_escapes_control_characters_a_callback_carried(config_file: str) -> None:
+    payload = (
+        "AccountSid=b3877c40-da60-4998-90ad-b792e98472af&RecordingSid=RE1&RecordingUrl=u"
+        "&RecordingStatus=%1B%5D0%3Btitle%07completed%0AINFO+forged"
+    )
+
+    code, out, _ = run("match", "-c", config_file, "-", stdin=payload)
+
+    assert code == 0, out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;title\\x07completed\\nINFO forged" in out
+    assert all(not line.startswith("INFO") for line in out.splitlines())

@@ -286,4 +286,22 @@ def test_retry_needs_one_target(cli_config, args):
     code, output = _cli("retry", "-c", str(cli_config), *args)
 
     assert code == 2
-    assert "give an EVENT_ID or --failed" in output
+    assert "give either an EVENT_ID or --failed" in output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["-c", "{config}", "events", "show", "{id}"], id="before-the-command"),
+        pytest.param(["events", "show", "-c", "{config}", "{id}"], id="after-show"),
+        pytest.param(["events", "-c", "{config}", "show", "{id}"], id="after-events"),
+    ],
+)
+def test_config_option_works_before_or_after_the_command(cli_config, args):
+    event_id = _fail_one(cli_config)
+
+    filled = [a.format(config=cli_config, id=event_id[:10]) for a in args]
+    code, output = _cli(*filled)
+
+    assert code == 0, output
+    assert event_id in output

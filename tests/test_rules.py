@@ -188,3 +188,178 @@ def test_unknown_status_is_matchable() -> None:
     assert event.status == "completed"  # the body wins over the query
     paused = parse_event({**dict(COMPLETED.params), "RecordingStatus": "paused"})
     assert holds({"status": "paused"}, paused)
+
+
+# -- matching many rules: the index against a plain reading of the rules ------------
+
+STATUSES = ["completed", "absent", "failed", "paused"]
+TENANTS = ["acme", "beta", "gamma"]
+
+
+def _scalar_strategy(field: str) -> Any:
+    from hypothesis import strategies as st
+
+    if field == "status":
+        return st.sampled_from(STATUSES)
+    if field == "params.Tenant":
+        return st.sampled_from(TENANTS)
+    if field == "duration":
+        return st.sampled_from([0, 5, 60, "5", 5.0])
+    return st.sampled_from(["5", "x", 5, True, ""])
+
+
+def _field_condition(field: str) -> Any:
+    from hypothesis import strategies as st
+
+    scalar = _scalar_strategy(field)
+    ops = st.one_of(
+        st.tuples(st.sampled_from(["eq", "ne"]), scalar),
+        st.tuples(st.sampled_from(["in", "not_in"]), st.lists(scalar, min_size=1, max_size=3)),
+        st.tuples(st.sampled_from(["gt", "gte", "lt", "lte"]), st.sampled_from([0, 5, 30])),
+        st.tuples(st.just("matches"), st.sampled_from(["^c", "a", "^$", "[0-9]"])),
+        st.tuples(st.just("exists"), st.booleans()),
+    )
+    return st.one_of(
+        scalar,
+        st.lists(scalar, min_size=1, max_size=3),
+        st.lists(ops, min_size=1, max_size=2).map(dict),
+    )
+
+
+def _when_strategy() -> Any:
+    from hypothesis import strategies as st
+
+    fields = ["status", "duration", "params.Tenant", "params.N"]
+    leaf = st.sampled_from(fields).flatmap(lambda f: _field_condition(f).map(lambda c: {f: c}))
+
+    def combine(children: Any) -> Any:
+        return st.one_of(
+            st.lists(children, min_size=1, max_size=3).map(lambda ws: {"all": ws}),
+            st.lists(children, min_size=1, max_size=3).map(lambda ws: {"any": ws}),
+            children.map(lambda w: {"not": w}),
+            st.lists(children, min_size=2, max_size=3).map(
+                lambda ws: {k: v for w in ws for k, v in w.items()}
+            ),
+        )
+
+    return st.recursive(leaf, combine, max_leaves=5)
+
+
+def _reference(when: Any, event: Event) -> bool:
+    """Whether `when` holds, read straight from the documented semantics."""
+    if when is None:
+        return True
+    return all(_reference_key(key, value, event) for key, value in when.items())
+
+
+def _reference_key(key: str, value: Any, event: Event) -> bool:
+    if key == "all":
+        return all(_reference(w, event) for w in value)
+    if key == "any":
+        return any(_reference(w, event) for w in value)
+    if key == "not":
+        return not _reference(value, event)
+    name = key.removeprefix("params.")
+    actual = event.params.get(name) if key.startswith("params.") else getattr(event, key)
+    if isinstance(value, dict):
+        return all(_reference_op(op, operand, actual) for op, operand in value.items())
+    return _reference_op("in" if isinstance(value, list) else "eq", value, actual)
+
+
+def _reference_op(op: str, operand: Any, actual: Any) -> bool:
+    import operator
+    import re
+
+    if op == "exists":
+        return (actual is not None and actual != "") is operand
+    if actual is None:
+        return False
+    if op in ("eq", "ne", "in", "not_in"):
+        items = operand if op in ("in", "not_in") else [operand]
+        hit = any(_reference_equal(item, actual) for item in items)
+        return hit if op in ("eq", "in") else not hit
+    if op == "matches":
+        return re.search(operand, str(actual)) is not None
+    number = _reference_number(actual)
+    compare = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+    return number is not None and compare[op](number, float(operand))
+
+
+def _reference_equal(item: Any, actual: Any) -> bool:
+    if isinstance(item, bool):
+        return str(actual).lower() == str(item).lower()
+    if isinstance(item, (int, float)):
+        return _reference_number(actual) == float(item)
+    return str(actual) == item
+
+
+def _reference_number(actual: Any) -> float | None:
+    if isinstance(actual, int):
+        return float(actual)
+    try:
+        return float(actual)
+    except ValueError:
+        return None
+
+
+def _event(status: str, duration: int | None, params: dict[str, str]) -> Event:
+    return Event(
+        account_sid="AC1",
+        call_sid="CA1",
+        recording_sid="RE1",
+        recording_url="https://api.example.com/r",
+        status=status,
+        duration=duration,
+        params=params,
+    )
+
+
+def test_indexed_match_equals_a_plain_reading_of_every_rule() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    specs = st.lists(
+        st.tuples(st.one_of(st.none(), _when_strategy()), st.sampled_from([False] * 5 + [True])),
+        max_size=24,
+    )
+    params = st.fixed_dictionaries(
+        {},
+        optional={"Tenant": st.sampled_from(TENANTS), "N": st.sampled_from(["5", "x", "", "30"])},
+    )
+    events = st.builds(_event, st.sampled_from(STATUSES), st.sampled_from([None, 0, 5, 60]), params)
+
+    @settings(max_examples=300, deadline=None)
+    @given(specs, st.lists(events, min_size=1, max_size=4))
+    def check(specs: list[tuple[Any, bool]], events: list[Event]) -> None:
+        ruleset = tuple(rule(f"r{i}", when, stop) for i, (when, stop) in enumerate(specs))
+        for event in events:
+            expected = []
+            for i, (when, stop) in enumerate(specs):
+                if _reference(when, event):
+                    expected.append(f"r{i}")
+                    if stop:
+                        break
+            assert [r.name for r in rules.match(ruleset, event)] == expected
+            assert [r.name for r in rules.match(list(ruleset), event)] == expected
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("tenant", "names"),
+    [
+        pytest.param("t3", ["catch-all", "t3", "any-status"], id="one-tenant"),
+        pytest.param("t7", ["catch-all", "t7-stop"], id="stop-ends-search"),
+        pytest.param("nobody", ["catch-all", "any-status"], id="no-tenant-rule"),
+    ],
+)
+def test_many_tenant_rules_keep_file_order_and_stop(tenant: str, names: list[str]) -> None:
+    ruleset = (
+        rule("catch-all", {"status": "completed"}),
+        *(rule(f"t{n}", {"status": "completed", "params.Tenant": f"t{n}"}) for n in range(7)),
+        rule("t7-stop", {"status": ["completed", "absent"], "params.Tenant": "t7"}, stop=True),
+        rule("any-status", {"duration": {"gte": 5}}),
+        rule("absent-only", {"status": "absent"}),
+    )
+    event = _event("completed", 60, {"Tenant": tenant})
+    assert [r.name for r in rules.match(ruleset, event)] == names

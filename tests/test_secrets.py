@@ -88,3 +88,19 @@ def test_install_twice_replaces_the_filter(
         assert [type(f) for f in handler.filters] == [RedactingFilter]
     logger.info("first-secret second-secret")
     assert stream.getvalue().strip() == "first-secret ***"
+
+
+def test_a_value_from_a_client_cannot_forge_a_log_line_or_drive_a_terminal(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = captured
+    install(REDACTOR, logger)
+    forged = "x\n2026-12-03 17:00:00,000 INFO recflow.receive: callback ok -> 204"
+    logger.info("callback recording=%s status=%s -> 403", forged, "\x1b]0;owned\x07done")
+
+    lines = stream.getvalue().splitlines()
+
+    assert len(lines) == 1
+    assert "\x1b" not in lines[0] and "\x07" not in lines[0]
+    assert "recording=x\\n2026-12-03" in lines[0]
+    assert "status=\\x1b]0;owned\\x07done" in lines[0]

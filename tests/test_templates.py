@@ -48,10 +48,10 @@ def test_render(params: Any, expected: Any) -> None:
 
 
 def test_callback_values_are_data_not_templates() -> None:
-    params = {**EVENT.params, "CallSid": "{{ 7 * 7 }}{% raw %}"}
+    params = {**EVENT.params, "RecordingSource": "{{ 7 * 7 }}{% raw %}"}
     event = parse_event(params)
-    out = render_params(compile_params("call {{ event.call_sid }}", "with"), {"event": event})
-    assert out == "call {{ 7 * 7 }}{% raw %}"
+    out = render_params(compile_params("from {{ event.source }}", "with"), {"event": event})
+    assert out == "from {{ 7 * 7 }}{% raw %}"
 
 
 RENDER_ERRORS = [
@@ -84,6 +84,25 @@ def test_syntax_error_at_compile_is_located() -> None:
         )
     assert caught.value.path == "rules[0].steps[0].with.body[1]"
     assert caught.value.line == 12
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        pytest.param("{{ event.sid | shout }}", "No filter named 'shout'", id="unknown-filter"),
+        pytest.param("{{ event.sid is loud }}", "No test named 'loud'", id="unknown-test"),
+    ],
+)
+def test_unknown_filters_and_tests_fail_at_load_not_at_render(source: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compile_params({"to": source}, "with")
+
+
+def test_a_template_repeated_across_rules_renders_in_each() -> None:
+    source = "file:///r/{{ event.recording_sid }}.wav"
+    first, second = compile_params(source, "a"), compile_params(source, "b")
+    assert render_params(first, context()) == render_params(second, context())
+    assert render_params(second, context()) == f"file:///r/{EVENT.recording_sid}.wav"
 
 
 def test_placeholder_steps_show_what_is_not_known_yet() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from recflow import http_client
 from recflow.context import StepContext
 from recflow.errors import ActionError
 from recflow.hookspecs import hookimpl
@@ -62,7 +63,7 @@ def run(params: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     where = Redactor(ctx.secrets).mask(url)
 
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=timeout)
+        response = http_client.client().post(url, content=body, headers=headers, timeout=timeout)
     except httpx.TimeoutException:
         raise ActionError(f"webhook {where} timed out after {timeout:g} s") from None
     except httpx.HTTPError as exc:

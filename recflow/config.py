@@ -40,7 +40,7 @@ import jsonschema
 import yaml
 
 from recflow.errors import ConfigError, join_path
-from recflow.rules import compile_when, describe
+from recflow.rules import compile_when, describe, prepare
 from recflow.schema import CONFIG_SCHEMA
 from recflow.secrets import Redactor
 from recflow.templates import compile_params
@@ -260,6 +260,7 @@ class _Loader:
         backend = self._backend(doc.get("backend", DEFAULT_BACKEND))
         rules = self._rules(doc.get("rules") or [])
         self._raise_if_any()
+        prepare(rules)
         return Config(
             path=self.file,
             server=server,

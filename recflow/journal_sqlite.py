@@ -148,50 +148,56 @@ class SqliteJournal(Journal):
     def _record(
         self, events: Sequence[NewEvent], now: float, queue: StepQueue | None
     ) -> list[bool]:
-        # A few statements per group, not a few per event: each one releases
-        # and takes back the GIL, which the receiver's event loop wants too.
-        # The write lock is held from `begin immediate`, so the ids found
-        # absent here are still absent when inserted.
+        # One statement per table, whatever the size of the group: sqlite3
+        # lets go of the GIL around every statement and every row of an
+        # executemany, and each time it takes it back it may wait for the
+        # receiver's event loop (up to the interpreter's switch interval).
+        # The write lock is held from `begin immediate`, so ids found absent
+        # here are still absent when inserted.
         ids = [event.id for event in events]
         with self._write() as conn:
             known = {
                 row[0]
                 for row in conn.execute(
-                    f"select id from journal_events where id in ({','.join('?' * len(ids))})",
+                    f"select id from journal_events where id in ({_marks(len(ids))})",  # noqa: S608
                     ids,
                 )
             }
             fresh: list[bool] = []
             for event in events:
-                new = event.id not in known
+                fresh.append(event.id not in known)
                 known.add(event.id)  # the same event twice in a group: the first wins
-                fresh.append(new)
             new_events = [event for event, new in zip(events, fresh, strict=True) if new]
-            conn.executemany(
-                "insert into journal_events values (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        event.id,
-                        event.data["account_sid"],
-                        event.data["recording_sid"],
-                        event.data["status"],
-                        event.received_at,
-                        json.dumps(event.data),
-                        json.dumps(list(event.rules)),
-                    )
-                    for event in new_events
-                ],
-            )
-            conn.executemany(
-                "insert into journal_steps (event_id, rule, idx, rule_pos, step_id,"
-                " action, state, next_at, updated_at)"
-                " values (?, ?, 0, ?, ?, ?, 'queued', ?, ?)",
-                [
-                    (event.id, rule, pos, step_id, action, now, now)
-                    for event in new_events
-                    for pos, (rule, action, step_id) in enumerate(event.first_steps)
-                ],
-            )
+            event_rows = [
+                value
+                for event in new_events
+                for value in (
+                    event.id,
+                    event.data["account_sid"],
+                    event.data["recording_sid"],
+                    event.data["status"],
+                    event.received_at,
+                    json.dumps(event.data),
+                    json.dumps(list(event.rules)),
+                )
+            ]
+            step_rows = [
+                value
+                for event in new_events
+                for pos, (rule, action, step_id) in enumerate(event.first_steps)
+                for value in (event.id, rule, pos, step_id, action, now, now)
+            ]
+            if event_rows:
+                conn.execute(
+                    "insert into journal_events values " + _rows(len(new_events), 7), event_rows
+                )
+            if step_rows:
+                conn.execute(
+                    "insert into journal_steps (event_id, rule, rule_pos, step_id, action,"
+                    " next_at, updated_at, idx, state) values "
+                    + _rows(len(step_rows) // 7, 7, "0, 'queued'"),
+                    step_rows,
+                )
             if queue is not None:
                 queue.put_many_in(conn, first_step_keys(events, fresh))
         return fresh
@@ -437,6 +443,18 @@ class SqliteJournal(Journal):
             ],
             "event": data,
         }
+
+
+def _marks(count: int) -> str:
+    """`count` parameter marks, for `in (...)`."""
+    return ", ".join("?" * count)
+
+
+def _rows(count: int, width: int, constants: str = "") -> str:
+    """`count` rows of `width` parameter marks each, then `constants`, for
+    one multi-row `values` clause; only marks and our own SQL literals."""
+    row = "(" + ", ".join("?" * width) + (", " + constants if constants else "") + ")"
+    return ", ".join([row] * count)
 
 
 def _iso(timestamp: float | None) -> str | None:

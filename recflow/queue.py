@@ -92,9 +92,19 @@ class _SqliteStorage(SqliteStorage):
             self.insert_tasks(cursor, blobs)
 
     def insert_tasks(self, cursor: sqlite3.Cursor | sqlite3.Connection, blobs: list[bytes]) -> None:
-        """Insert serialised tasks in the transaction `cursor` has open, on this file."""
-        rows = [(self.name, self.to_blob(blob), 0) for blob in blobs]
-        cursor.executemany("insert into task (queue, data, priority) values (?, ?, ?)", rows)
+        """Insert serialised tasks in the transaction `cursor` has open, on this file.
+
+        One multi-row statement rather than `executemany`, which lets go of
+        the GIL and takes it back for every row.
+        """
+        if not blobs:
+            return
+        values = [value for blob in blobs for value in (self.name, self.to_blob(blob))]
+        cursor.execute(
+            "insert into task (queue, data, priority) values "
+            + ", ".join(["(?, ?, 0)"] * len(blobs)),
+            values,
+        )
 
 
 class _RedisStorage(RedisStorage):

@@ -185,6 +185,11 @@ def match(rules: Iterable[RuleConfig], event: Event) -> list[RuleConfig]:
     return matched
 
 
+def prepare(rules: tuple[RuleConfig, ...]) -> None:
+    """Index `rules` for `match` now (the loader does), not at the first event."""
+    _plan_for(rules)
+
+
 def explain(rules: Iterable[RuleConfig], event: Event) -> list[tuple[RuleConfig, bool, str]]:
     """For every rule: whether it matched and why, as `recflow match` shows it."""
     out: list[tuple[RuleConfig, bool, str]] = []

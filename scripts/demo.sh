@@ -43,34 +43,53 @@ PY
 echo "demo: recflow trigger completed --duration 6"
 .venv/bin/recflow trigger completed --duration 6
 
+echo
 echo "demo: waiting for the steps to finish"
 $py - <<'PY'
-import json, subprocess, time
-deadline = time.time() + 60
-while time.time() < deadline:
+import email, json, pathlib, re, subprocess, sys, time
+
+def latest():
     out = subprocess.run([".venv/bin/recflow", "events", "--json", "--limit", "1"],
                          capture_output=True, text=True, check=True).stdout
     events = json.loads(out)
-    steps = events[0]["steps"] if events else []
-    if steps and all(s["state"] in ("done", "failed") for s in steps) and len(steps) >= 3:
+    return events[0] if events else None
+
+deadline = time.time() + 60
+while time.time() < deadline:
+    event = latest()
+    steps = event["steps"] if event else []
+    if len(steps) >= 3 and all(s["state"] in ("done", "failed") for s in steps):
         break
     time.sleep(0.5)
-PY
-.venv/bin/recflow events --limit 1
+else:
+    sys.exit("demo: the steps did not finish in 60 s; see var/demo-serve.log")
 
-echo
-echo "demo: archived audio:"
-find var/recordings -type f -name '*.wav' -exec ls -l {} \;
-echo "demo: mail received:"
-$py - <<'PY'
-import email, pathlib
-for path in sorted(pathlib.Path("var/mail/new").glob("*")):
-    msg = email.message_from_bytes(path.read_bytes())
+log = pathlib.Path("var/demo-serve.log").read_text()
+answer = re.findall(rf"callback \S+ .*recording={event['recording_sid']} .*-> (\d+)", log)
+outputs = {s["action"]: s["outputs"] or {} for s in steps}
+failed = [s for s in steps if s["state"] != "done"]
+stored = outputs.get("store", {})
+mails = sorted(pathlib.Path("var/mail/new").glob("*"), key=lambda p: p.stat().st_mtime)
+print()
+print(f"  verified  the callback's signature; the server answered {answer[-1] if answer else '?'}")
+print(f"  matched   rule {', '.join(event['rules'])}")
+print(f"  archived  {stored.get('url')} ({stored.get('bytes')} bytes)")
+if mails:
+    msg = email.message_from_bytes(mails[-1].read_bytes())
     names = [p.get_filename() for p in msg.walk() if p.get_filename()]
-    print(f"  {path}: To {msg['To']}, Subject {msg['Subject']!r}, attachments {names}")
+    print(f"  notified  {msg['To']}: {msg['Subject']!r}, attached {', '.join(names)}")
+    print(f"            the mail: {mails[-1]}")
+print(f"  deleted   the provider's copy: {outputs.get('delete', {}).get('deleted')}")
+for step in failed:
+    print(f"  FAILED    {step['action']}: {step['error']}")
+print()
+sys.exit(1 if failed else 0)
 PY
+echo "demo: recflow events --limit 1"
+.venv/bin/recflow events --limit 1
+echo
 echo "demo: what the server logged (all of it in var/demo-serve.log):"
-grep -E "recflow\.(receive|worker|action)" var/demo-serve.log | cut -d' ' -f3- | sed 's/^/  /' 
+grep -E "recflow\.(receive|worker|action)" var/demo-serve.log | tail -n 7 | cut -d' ' -f3- | sed 's/^/  /'
 if [ "${RECFLOW_DEMO_KEEP:-0}" = 1 ]; then
     echo "demo: RECFLOW_DEMO_KEEP=1: recflow serve keeps running; Ctrl-C to stop"
     wait

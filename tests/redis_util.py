@@ -70,6 +70,7 @@ def start_redis(
     binary = redis_binary()
     if binary is None:
         pytest.skip(SKIP_REASON)
+    own_directory = directory is None
     directory = Path(directory or tempfile.mkdtemp(prefix="recflow-redis-"))
     for _ in range(1 if port else 5):  # the free port may be taken before the start
         port = port or _free_port()
@@ -97,6 +98,8 @@ def start_redis(
         yield RedisServer(process, port, directory)
     finally:
         _stop(process)
+        if own_directory:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

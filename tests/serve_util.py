@@ -12,9 +12,11 @@ says otherwise, so a restarted server can take over the same address.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +62,8 @@ def running_server(
     """
     config_path = Path(config_path).resolve()
     logs = Path(tempfile.mkdtemp(prefix="recflow-serve-"))
+    # Tests read the logs after the server stopped: remove them at exit.
+    atexit.register(shutil.rmtree, logs, ignore_errors=True)
     stdout_path, stderr_path = logs / "stdout.txt", logs / "stderr.txt"
     command = [
         sys.executable,

@@ -48,10 +48,13 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    from recflow.log_output import BatchingStreamHandler
+
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        # Written at once, batched only at high rates (see recflow.log_output).
+        handlers=[BatchingStreamHandler(sys.stderr)],
     )
     # httpx logs every request at INFO; the actions log their own outcome.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

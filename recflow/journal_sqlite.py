@@ -23,7 +23,7 @@ from typing import Any
 
 from recflow.errors import BackendError
 from recflow.journal import Claim, Journal, NewEvent, Owner, first_step_keys
-from recflow.queue import StepKey, StepQueue
+from recflow.queue import StepKey, StepQueue, sqlite_write_lock
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class SqliteJournal(Journal):
         self.path = path
         self._busy_timeout = busy_timeout
         self._local = threading.local()
+        self._lock = sqlite_write_lock(path)
         try:
             with self._write() as conn:
                 for statement in _SCHEMA:
@@ -91,21 +92,36 @@ class SqliteJournal(Journal):
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=FULL")
             self._local.conn = conn
+            self._local.synchronous = "FULL"
         return conn
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction; `durable=False` commits without an fsync.
+
+        A durable commit is on disk when it returns. A worker's commits
+        (claims, outcomes, leases) are not: they reach the disk with the next
+        durable commit or checkpoint. `kill -9` loses neither (the WAL is in
+        the operating system's cache); a power cut may lose the last worker
+        outcomes, and those steps then run again, as at-least-once allows.
+        The receiver's commit is always durable.
+        """
         conn = self._conn()
-        try:
-            conn.execute("begin immediate")
+        synchronous = "FULL" if durable else "NORMAL"
+        with self._lock:
             try:
-                yield conn
-            except BaseException:
-                conn.execute("rollback")
-                raise
-            conn.execute("commit")
-        except sqlite3.Error as exc:
-            raise BackendError(f"journal: {exc}") from exc
+                if self._local.synchronous != synchronous:
+                    conn.execute(f"pragma synchronous={synchronous}")
+                    self._local.synchronous = synchronous
+                conn.execute("begin immediate")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("rollback")
+                    raise
+                conn.execute("commit")
+            except sqlite3.Error as exc:
+                raise BackendError(f"journal: {exc}") from exc
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -187,17 +203,17 @@ class SqliteJournal(Journal):
                 for pos, (rule, action, step_id) in enumerate(event.first_steps)
                 for value in (event.id, rule, pos, step_id, action, now, now)
             ]
+            # The SQL below is built from parameter marks only (`_rows`).
             if event_rows:
-                conn.execute(
-                    "insert into journal_events values " + _rows(len(new_events), 7), event_rows
-                )
+                sql = "insert into journal_events values " + _rows(len(new_events), 7)  # noqa: S608
+                conn.execute(sql, event_rows)
             if step_rows:
-                conn.execute(
-                    "insert into journal_steps (event_id, rule, rule_pos, step_id, action,"
+                sql = (
+                    "insert into journal_steps (event_id, rule, rule_pos, step_id, action,"  # noqa: S608
                     " next_at, updated_at, idx, state) values "
-                    + _rows(len(step_rows) // 7, 7, "0, 'queued'"),
-                    step_rows,
+                    + _rows(len(step_rows) // 7, 7, "0, 'queued'")
                 )
+                conn.execute(sql, step_rows)
             if queue is not None:
                 queue.put_many_in(conn, first_step_keys(events, fresh))
         return fresh
@@ -205,7 +221,7 @@ class SqliteJournal(Journal):
     # -- workers ------------------------------------------------------------
 
     def claim(self, key: StepKey, owner: Owner, lease: float, now: float) -> Claim | None:
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             cursor = conn.execute(
                 "update journal_steps set state = 'running', attempts = attempts + 1,"
                 " lease_until = ?, owner = ?, updated_at = ?"
@@ -247,7 +263,7 @@ class SqliteJournal(Journal):
         )
 
     def renew(self, keys: Sequence[StepKey], owner: Owner, lease_until: float) -> None:
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             for key in keys:
                 conn.execute(
                     "update journal_steps set lease_until = ?"
@@ -266,7 +282,7 @@ class SqliteJournal(Journal):
     ) -> bool:
         text = json.dumps(outputs, default=str)
         key = claim.key
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             self._end_run(conn, claim, now, "done", None, text)
             cursor = conn.execute(
                 "update journal_steps set state = 'done', outputs = ?, error = null,"
@@ -292,7 +308,7 @@ class SqliteJournal(Journal):
         self, claim: Claim, owner: Owner, error: str, now: float, retry_at: float | None
     ) -> bool:
         key = claim.key
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             self._end_run(conn, claim, now, "error" if retry_at else "failed", error, None)
             cursor = conn.execute(
                 "update journal_steps set state = ?, next_at = ?, error = ?,"
@@ -341,7 +357,7 @@ class SqliteJournal(Journal):
         )
         dead = [row for row in running if row[3] > now and owner.knows_dead(row[4] or "")]
         if dead:
-            with self._write() as conn:
+            with self._write(durable=False) as conn:
                 for *key, _, holder in dead:
                     conn.execute(
                         "update journal_steps set lease_until = 0"

@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 # The most submissions written in one transaction.
 MAX_GROUP = 500
+# How long the committer waits for a group to fill under load, in all and
+# between two submissions, in seconds.
+LINGER = 0.002
+LINGER_GAP = 0.0005
 
 
 class _Submission(NamedTuple):
@@ -116,24 +120,33 @@ class Pipeline:
                 item = self._pending.get_nowait()
                 if item is not None:
                     late.append(item)
-            _answer(late, [BackendError("the pipeline is closed")] * len(late))
+            _answer(late, [BackendError("the pipeline is closed") for _ in late])
 
     def _commit_loop(self) -> None:
+        previous = 1
         while True:
             first = self._pending.get()
             if first is None:
                 return
             group = [first]
             stop = False
+            # Under load (the last group had company), wait a little for more:
+            # a group's cost is mostly its commit, whatever its size.
+            deadline = time.monotonic() + LINGER if previous > 1 else 0.0
             while len(group) < MAX_GROUP:
                 try:
-                    item = self._pending.get_nowait()
+                    wait = deadline - time.monotonic()
+                    if wait > 0 and len(group) < previous:
+                        item = self._pending.get(timeout=min(wait, LINGER_GAP))
+                    else:
+                        item = self._pending.get_nowait()
                 except queue_module.Empty:
                     break
                 if item is None:
                     stop = True
                     break
                 group.append(item)
+            previous = len(group)
             self._commit(group)
             if stop:
                 return

@@ -14,6 +14,7 @@ Huey's schedule to its queue (`move_due`) as the consumer's scheduler would.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -68,6 +69,24 @@ def parse_backend(url: str, base_dir: str = ".") -> Backend:
     )
 
 
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def sqlite_write_lock(path: str) -> threading.Lock:
+    """The lock this process's writers to the SQLite file `path` take turns on.
+
+    SQLite lets one writer in at a time and makes the others poll, sleeping
+    1, 2, 5... ms between tries: a committer that runs into a worker's
+    transaction would lose milliseconds each time. Within a process, the
+    journal and Huey's storage wait on this lock instead, and are woken as
+    soon as it is free; other processes still meet SQLite's own busy wait.
+    """
+    key = os.path.realpath(path)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.Lock())
+
+
 class _SqliteStorage(SqliteStorage):
     """Huey's SQLite storage with `synchronous=NORMAL` and batched enqueues.
 
@@ -80,6 +99,12 @@ class _SqliteStorage(SqliteStorage):
     depends on that schema; `tests/test_queue.py` checks that such a task is
     taken by `StepQueue.take`, which would fail if a Huey release changed it.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Huey's lock guards its one connection; sharing the journal's makes
+        # their writes take turns without SQLite's sleeping busy wait.
+        self.lock = sqlite_write_lock(self.filename)
 
     def _create_connection(self) -> Any:
         conn = super()._create_connection()
@@ -100,11 +125,8 @@ class _SqliteStorage(SqliteStorage):
         if not blobs:
             return
         values = [value for blob in blobs for value in (self.name, self.to_blob(blob))]
-        cursor.execute(
-            "insert into task (queue, data, priority) values "
-            + ", ".join(["(?, ?, 0)"] * len(blobs)),
-            values,
-        )
+        marks = ", ".join(["(?, ?, 0)"] * len(blobs))  # parameter marks only
+        cursor.execute("insert into task (queue, data, priority) values " + marks, values)  # noqa: S608
 
 
 class _RedisStorage(RedisStorage):
@@ -163,6 +185,8 @@ class StepQueue:
         self._storage: _SqliteStorage | _RedisStorage = self.huey.storage
         # Wakes this process's idle workers as soon as it enqueues something.
         self.wakeup = threading.Event()
+        self._ids = os.urandom(6).hex()
+        self._count = itertools.count(1)
 
     def put(self, key: StepKey, delay: float = 0.0) -> None:
         """Enqueue one step, to be taken after `delay` seconds."""
@@ -214,8 +238,14 @@ class StepQueue:
         conn.execute("release recflow_tasks")
 
     def _serialize(self, keys: Sequence[StepKey]) -> list[bytes]:
-        task = self._task.s
-        return [self.huey.serialize_task(task(*key)) for key in keys]
+        # Huey names each task with a uuid4, a system call each (os.urandom)
+        # that lets go of the GIL; a counter under a random prefix is as
+        # unique, and recflow never looks tasks up by id.
+        make = self._task.task_class
+        return [
+            self.huey.serialize_task(make(tuple(key), None, id=f"{self._ids}-{next(self._count)}"))
+            for key in keys
+        ]
 
     def take(self) -> StepKey | None:
         """The next step key due now, or None when the queue is empty."""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from starlette.datastructures import MultiDict
 from twilio.request_validator import RequestValidator
 
+from recflow import verify
 from recflow.verify import (
     FORM,
     JSON,
@@ -264,3 +265,17 @@ def test_property_twilio_signed_is_accepted_and_any_change_refused(
         name, value = pairs[index]
         changed = [*pairs[:index], (name, value + "x"), *pairs[index + 1 :]]
         assert not is_valid(url, header, FORM, b"", changed, [KEY])
+
+
+_TEXT = st.text(alphabet="ab=&%é", max_size=3)
+
+
+@given(st.lists(st.tuples(_TEXT, _TEXT), max_size=8))
+def test_form_suffixes_are_the_plain_and_deduplicated_texts(pairs: list[tuple[str, str]]) -> None:
+    # The receiver's shortcut builds the deduplicated text only when a value
+    # repeats; it must give what building both always gives.
+    both = {
+        verify._sorted_params(pairs, dedupe=False),
+        verify._sorted_params(pairs, dedupe=True),
+    }
+    assert verify._form_suffixes(pairs) == sorted(both)

@@ -162,9 +162,21 @@ _BASE_VALIDATOR = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
 # Both give the nodes the same marks, so lines in errors are the same.
 _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-# ${NAME}, ${NAME:-default}; $${...} stays literal (written as ${...}).
-_REFERENCE = re.compile(r"(\$?)\$\{([^}]*)\}")
-_WHOLE_REFERENCE = re.compile(r"\$\{[^}]*\}")
+# A config nests a dozen levels; `all`/`any`/`not` a few more each.
+MAX_DEPTH = 64
+# Values built again through aliases, past their first build: generous for
+# anchors reused across thousands of rules, far below a "billion laughs".
+MAX_ALIAS_VALUES = 100_000
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels; expected a flatter config"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TAG_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "timestamp": "a date",
+    "binary": "base64 data",
+}
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:([^\s/@]+)@")
 _TYPE_WORDS = {
@@ -239,6 +251,14 @@ class _Loader:
         self.secrets: set[str] = set()
         self.from_env: set[str] = set()
         self.errors: list[ConfigError] = []
+        self.warnings: list[str] = []
+        # Key paths (as tuples) where the schema found a problem; the
+        # sections below them are not compiled, the others are.
+        self.unsound: set[tuple[Any, ...]] = set()
+        # Alias bookkeeping while building (see `_build`).
+        self._seen_nodes: set[int] = set()
+        self._open_nodes: set[int] = set()
+        self._expanded = 0
 
     def load(self) -> Config:
         try:
@@ -253,12 +273,15 @@ class _Loader:
         if not isinstance(doc, dict):
             self._fail(f"found {describe(doc)} at the top; expected a mapping with providers:", "")
         self._validate(doc, _BASE_VALIDATOR, "")
-        self._raise_if_any()
 
-        server = self._server(doc.get("server") or {})
-        providers = self._providers(doc["providers"])
-        backend = self._backend(doc.get("backend", DEFAULT_BACKEND))
-        rules = self._rules(doc.get("rules") or [])
+        # Sections the schema found sound are compiled even when others are
+        # not, so one run reports every independent mistake.
+        server = self._server(self._sound_part(doc, "server"))
+        providers = self._providers(doc.get("providers"))
+        backend = DEFAULT_BACKEND
+        if self._sound("backend"):
+            backend = self._backend(doc.get("backend", DEFAULT_BACKEND))
+        rules = self._rules(doc.get("rules"))
         self._raise_if_any()
         prepare(rules)
         return Config(
@@ -269,7 +292,7 @@ class _Loader:
             workers=doc.get("workers", 4),
             rules=rules,
             secrets=frozenset(self.secrets),
-            warnings=self._warnings(server),
+            warnings=self._warnings(server) + tuple(self.warnings),
         )
 
     def _warnings(self, server: ServerConfig) -> tuple[str, ...]:
@@ -324,6 +347,18 @@ class _Loader:
             others=masked[1:],
         )
 
+    def _sound(self, *parts: Any) -> bool:
+        """True when the schema found nothing wrong at or under key path `parts`."""
+        size = len(parts)
+        return not any(bad[:size] == parts for bad in self.unsound)
+
+    def _sound_part(self, doc: Mapping[str, Any], section: str) -> dict[str, Any]:
+        """The keys of mapping `doc[section]` that the schema found sound."""
+        raw = doc.get(section)
+        if not isinstance(raw, dict):
+            return {}
+        return {k: v for k, v in raw.items() if self._sound(section, k)}
+
     def _line(self, path: str) -> int | None:
         while path:
             if path in self.lines:
@@ -335,12 +370,16 @@ class _Loader:
     # -- YAML, with lines and environment values -----------------------------
 
     def _parse(self, text: str) -> Any:
-        loader = _YamlLoader(text)
+        loader = None
         try:
+            # The pure-Python reader checks the characters as it is made.
+            loader = _YamlLoader(text)
             node = loader.get_single_node()
             if node is None:
                 return None
-            return self._build(loader, node, "")
+            return self._build(loader, node, "", 0, False)
+        except yaml.reader.ReaderError as exc:
+            self._fail(f"YAML: {_reader_problem(exc)}", "", _line_of_character(text, exc))
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             # At the end of the stream the mark is past the last line; the
@@ -348,81 +387,161 @@ class _Loader:
             last = len(text.rstrip().splitlines()) or 1
             line = min(mark.line + 1, last) if mark else None
             problem = exc.problem or exc.context or "cannot parse"
+            if "maximum nesting depth" in problem:
+                problem = _TOO_DEEP
             self._fail(f"YAML syntax: {problem}", "", line)
         except yaml.YAMLError as exc:
-            self._fail(f"YAML: {exc}", "")
+            self._fail(f"YAML: {_one_line(exc)}", "")
         except RecursionError:
-            self._fail("YAML: a self-referencing alias; expected plain data", "")
+            # Only the pure-Python parser recurses this far: `_build` stops
+            # at MAX_DEPTH and refuses self-references before Python would.
+            self._fail(f"YAML: {_TOO_DEEP}", "")
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
 
-    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: str) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            loader.flatten_mapping(node)
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = str(loader.construct_object(key_node, deep=True))
-                child = join_path(path, key)
-                if key in out:
-                    self._error(
-                        f"duplicate key {key!r}; each key may appear once",
-                        child,
-                        key_node.start_mark.line + 1,
-                    )
-                    continue
-                self.lines[child] = key_node.start_mark.line + 1
-                out[key] = self._build(loader, value_node, child)
-            return out
-        if isinstance(node, yaml.SequenceNode):
+    def _build(
+        self, loader: yaml.SafeLoader, node: yaml.Node, path: str, depth: int, repeated: bool
+    ) -> Any:
+        """Python data for `node`, recording the line of every key path.
+
+        An alias builds its anchor's data again, so aliases of aliases grow
+        exponentially ("billion laughs"): values built again through an
+        alias are counted and refused past MAX_ALIAS_VALUES, and an alias
+        used inside its own anchor is refused rather than followed forever.
+        """
+        line = node.start_mark.line + 1
+        self.lines.setdefault(path, line)
+        if depth > MAX_DEPTH:
+            self._fail(f"YAML: {_TOO_DEEP}", path, line)
+        if isinstance(node, yaml.ScalarNode):
+            self._count_expanded(repeated, path, line)
+            value = self._scalar(loader, node, path)
+            if isinstance(value, str) and "${" in value:
+                value = self._substitute(loader, node, value, path)
+            return value
+        key = id(node)
+        if key in self._open_nodes:
+            self._fail(
+                "YAML: an alias used inside its own anchor (a self-reference);"
+                " expected plain data",
+                path,
+                line,
+            )
+        repeated = repeated or key in self._seen_nodes
+        self._count_expanded(repeated, path, line)
+        self._seen_nodes.add(key)
+        self._open_nodes.add(key)
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._build_mapping(loader, node, path, depth, repeated)
             items = []
             for index, item in enumerate(node.value):
                 child = join_path(path, index)
                 self.lines[child] = item.start_mark.line + 1
-                items.append(self._build(loader, item, child))
+                items.append(self._build(loader, item, child, depth + 1, repeated))
             return items
-        value = loader.construct_object(node, deep=True)
-        if isinstance(value, str) and "${" in value:
-            value = self._substitute(loader, node, value, path)
-        return value
+        finally:
+            self._open_nodes.discard(key)
+
+    def _build_mapping(
+        self, loader: yaml.SafeLoader, node: yaml.MappingNode, path: str, depth: int, repeated: bool
+    ) -> dict[str, Any]:
+        self._flatten(node, path, set())
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(self._scalar(loader, key_node, path))
+            child = join_path(path, key)
+            if key in out:
+                self._error(
+                    f"duplicate key {key!r}; each key may appear once",
+                    child,
+                    key_node.start_mark.line + 1,
+                )
+                continue
+            self.lines[child] = key_node.start_mark.line + 1
+            out[key] = self._build(loader, value_node, child, depth + 1, repeated)
+        return out
+
+    def _count_expanded(self, repeated: bool, path: str, line: int) -> None:
+        if not repeated:
+            return
+        self._expanded += 1
+        if self._expanded > MAX_ALIAS_VALUES:
+            self._fail(
+                f"YAML: aliases expand to more than {MAX_ALIAS_VALUES} values (aliases of"
+                " aliases multiply); expected a config that reuses a few anchors",
+                path,
+                line,
+            )
+
+    def _scalar(self, loader: yaml.SafeLoader, node: yaml.Node, path: str) -> Any:
+        """The value of a scalar (or a key), or a located error for a bad tagged value."""
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # PyYAML lets these out for values such as `2024-13-45` (read as a
+            # date) or `!!int abc`.
+            kind = str(node.tag).rpartition(":")[2]
+            self._fail(
+                f"YAML: cannot read {node.value!r} as {_TAG_WORDS.get(kind, kind)};"
+                " quote it to keep it as text",
+                path,
+                node.start_mark.line + 1,
+            )
+
+    def _flatten(self, node: yaml.MappingNode, path: str, active: set[int]) -> None:
+        """Resolve the `<<` merge keys of `node` in place, each key kept once.
+
+        PyYAML's `flatten_mapping` keeps every merged key, so merges of
+        merges grow exponentially; here a key the mapping sets itself, or
+        an earlier merged mapping set, wins and the others are dropped.
+        """
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        sources: list[yaml.MappingNode] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in merged:
+                line = source.start_mark.line + 1
+                if not isinstance(source, yaml.MappingNode):
+                    self._fail(
+                        "YAML: << merges a mapping or a list of mappings only", path, line
+                    )
+                if id(source) in active or source is node:
+                    self._fail("YAML: << merges a mapping into itself", path, line)
+                active.add(id(node))
+                self._flatten(source, path, active)
+                active.discard(id(node))
+                sources.append(source)
+        if not sources:
+            return
+        taken = {_key_text(k) for k, _ in own}
+        merged_items: list[tuple[yaml.Node, yaml.Node]] = []
+        for source in sources:
+            for key_node, value_node in source.value:
+                text = _key_text(key_node)
+                if text not in taken:
+                    taken.add(text)
+                    merged_items.append((key_node, value_node))
+        node.value = merged_items + own
 
     def _substitute(self, loader: yaml.SafeLoader, node: yaml.Node, text: str, path: str) -> Any:
-        line = node.start_mark.line + 1
-
-        def replace(match: re.Match[str]) -> str:
-            if match.group(1):
-                return match.group(0)[1:]
-            name, has_default, default = match.group(2).partition(":-")
-            if not _NAME.fullmatch(name):
-                self._error(
-                    f"malformed reference ${{{match.group(2)}}};"
-                    " expected ${NAME} or ${NAME:-default}",
-                    path,
-                    line,
-                )
-                return ""
-            value = os.environ.get(name)
-            if not value and has_default:
-                return default
-            if value is None:
-                self._error(
-                    f"environment variable {name} is not set;"
-                    f" set it, or write ${{{name}:-default}}",
-                    path,
-                    line,
-                )
-                return ""
-            if value:
-                self.secrets.add(value)
-                self.from_env.add(value)
-            return value
-
-        result = _REFERENCE.sub(replace, text)
+        found = _expand(text, os.environ)
+        for problem in found.problems:
+            self._error(problem, path, node.start_mark.line + 1)
+        self.secrets.update(found.values)
+        self.from_env.update(found.values)
+        result = found.text
         # A plain (unquoted) `workers: ${WORKERS}` should be a number, as if
         # written in place; quoted strings and credentials stay strings.
         # A plain scalar's style is None from PyYAML's parser, "" from libyaml's.
         plain = not getattr(node, "style", None)
-        if plain and _WHOLE_REFERENCE.fullmatch(text) and not path.startswith("providers"):
+        if plain and found.whole and not path.startswith("providers"):
             tag = loader.resolve(yaml.ScalarNode, result, (True, False))
             return loader.construct_object(yaml.ScalarNode(tag, result), deep=True)
         return result
@@ -430,23 +549,31 @@ class _Loader:
     # -- schema ----------------------------------------------------------------
 
     def _validate(self, instance: Any, validator: Any, prefix: str) -> None:
-        """Report the most relevant schema error of each section of `instance`."""
+        """Report every independent schema error of `instance`, one line each.
+
+        Errors are grouped by the key path they are at, and each group
+        reported by its most relevant error, so one mistake (a misspelt
+        key, which is both unknown and missing) gives one line.
+        """
         groups: dict[tuple[Any, ...], list[jsonschema.ValidationError]] = {}
         for error in validator.iter_errors(instance):
-            groups.setdefault(tuple(error.absolute_path)[:2], []).append(error)
+            groups.setdefault(tuple(error.absolute_path), []).append(error)
+        if not prefix:
+            self.unsound.update(groups)
         taken = {e.path for e in self.errors if e.path}
         for errors in groups.values():
             best = jsonschema.exceptions.best_match(errors)
             if best is None:
                 continue
-            message, path = self._describe_schema_error(best, prefix)
-            # An unset variable already explains the empty value found there.
-            if not any(path == t or path.startswith(t + ".") for t in taken):
-                self._error(message, path)
+            for message, path in self._describe_schema_error(best, prefix):
+                # An unset variable already explains the empty value found there.
+                if not any(path == t or path.startswith(t + ".") for t in taken):
+                    self._error(message, path)
 
     def _describe_schema_error(
         self, error: jsonschema.ValidationError, prefix: str
-    ) -> tuple[str, str]:
+    ) -> list[tuple[str, str]]:
+        """One (message, key path) per mistake in `error`: one per unknown key."""
         path = prefix
         for part in error.absolute_path:
             path = join_path(path, part)
@@ -458,28 +585,35 @@ class _Loader:
             extra = [
                 k for k in found if k not in allowed and not any(re.search(p, k) for p in patterns)
             ]
-            key = extra[0] if extra else "?"
-            return f"unknown key {key!r}; accepted: {', '.join(allowed)}", join_path(path, key)
+            return [
+                (f"unknown key {key!r}; accepted: {', '.join(allowed)}", join_path(path, key))
+                for key in extra or ["?"]
+            ]
+        return [(self._schema_message(error), path)]
+
+    def _schema_message(self, error: jsonschema.ValidationError) -> str:
+        kind, expected, found = error.validator, error.validator_value, error.instance
+        schema = error.schema if isinstance(error.schema, dict) else {}
         if kind == "required" and isinstance(found, dict):
-            missing = [k for k in expected if k not in found]
-            return f"missing key {missing[0] if missing else expected!r}", path
+            missing = [repr(k) for k in expected if k not in found] or [repr(expected)]
+            return f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
         if kind == "type":
             wanted = [expected] if isinstance(expected, str) else list(expected)
             words = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted)
-            return f"found {describe(found)}; expected {words}", path
+            return f"found {describe(found)}; expected {words}"
         if kind in ("enum", "const"):
             values = expected if kind == "enum" else [expected]
-            return f"found {describe(found)}; accepted: {', '.join(map(str, values))}", path
+            return f"found {describe(found)}; accepted: {', '.join(map(str, values))}"
         if kind in _BOUND_WORDS:
-            return f"found {describe(found)}; expected {_BOUND_WORDS[kind]} {expected}", path
+            return f"found {describe(found)}; expected {_BOUND_WORDS[kind]} {expected}"
         if kind == "minLength":
-            return f"found {describe(found)}; expected a non-empty string", path
+            return f"found {describe(found)}; expected a non-empty string"
         if kind == "minItems":
-            return f"found {describe(found)}; expected at least {expected} item(s)", path
+            return f"found {describe(found)}; expected at least {expected} item(s)"
         if kind == "pattern":
             shape = schema.get("description") or f"a string matching {expected}"
-            return f"found {describe(found)}; expected {shape}", path
-        return " ".join(error.message.split()), path
+            return f"found {describe(found)}; expected {shape}"
+        return " ".join(error.message.split())
 
     # -- sections ------------------------------------------------------------
 
@@ -495,8 +629,12 @@ class _Loader:
                     join_path("server.trusted_proxies", index),
                 )
         defaults = ServerConfig()
+        listen = raw.get("listen", defaults.listen)
+        problem = listen_problem(listen)
+        if problem:
+            self._error(f"found {describe(listen)}: {problem}", "server.listen")
         return ServerConfig(
-            listen=raw.get("listen", defaults.listen),
+            listen=listen,
             path=raw.get("path", defaults.path),
             public_url=raw.get("public_url"),
             trusted_proxies=tuple(proxies),
@@ -505,11 +643,13 @@ class _Loader:
             read_timeout=float(raw.get("read_timeout", defaults.read_timeout)),
         )
 
-    def _providers(self, raw: list[dict[str, Any]]) -> tuple[ProviderConfig, ...]:
+    def _providers(self, raw: Any) -> tuple[ProviderConfig, ...]:
         providers: list[ProviderConfig] = []
         names: dict[str, int] = {}
         accounts: dict[str, str] = {}
-        for index, item in enumerate(raw):
+        for index, item in enumerate(raw if isinstance(raw, list) else []):
+            if not self._sound("providers", index):
+                continue
             path = join_path("providers", index)
             kind = item["kind"]
             name = item.get("name", kind)
@@ -574,41 +714,51 @@ class _Loader:
             return prefix + target
         return url
 
-    def _rules(self, raw: list[dict[str, Any]]) -> tuple[RuleConfig, ...]:
+    def _rules(self, raw: Any) -> tuple[RuleConfig, ...]:
+        """The rules; those the schema found fault with are compiled as far as sound."""
         rules: list[RuleConfig] = []
         seen: dict[str, int] = {}
-        for index, item in enumerate(raw):
+        for index, item in enumerate(raw if isinstance(raw, list) else []):
+            if not isinstance(item, dict):
+                continue
             path = join_path("rules", index)
-            name = item["name"]
+            name = item.get("name") if self._sound("rules", index, "name") else None
             if name in seen:
                 self._error(
                     f"duplicate rule name {name!r} (also rules[{seen[name]}]);"
                     " rule names must be unique",
                     join_path(path, "name"),
                 )
-            seen.setdefault(name, index)
+            if name is not None:
+                seen.setdefault(name, index)
             when = None
-            if "when" in item:
+            if "when" in item and self._sound("rules", index, "when"):
                 try:
                     when = compile_when(item["when"], join_path(path, "when"))
                 except ConfigError as exc:
                     self._relocate(exc)
+            steps = item.get("steps")
             rules.append(
                 RuleConfig(
-                    name=name,
+                    name=str(name),
                     when=when,
-                    steps=self._steps(item["steps"], join_path(path, "steps")),
+                    steps=self._steps(steps if isinstance(steps, list) else [], index),
                     stop=item.get("stop", False),
                     line=self._line(path),
                 )
             )
         return tuple(rules)
 
-    def _steps(self, raw: list[dict[str, Any]], path: str) -> tuple[StepConfig, ...]:
+    def _steps(self, raw: list[Any], rule: int) -> tuple[StepConfig, ...]:
         steps: list[StepConfig] = []
         ids: set[str] = set()
         stored = False
+        path = join_path(join_path("rules", rule), "steps")
         for index, item in enumerate(raw):
+            if not self._sound("rules", rule, "steps", index):
+                # Still a store, for the check of a delete after it.
+                stored = stored or (isinstance(item, dict) and item.get("action") == "store")
+                continue
             here = join_path(path, index)
             action = item["action"]
             step_id = item.get("id")
@@ -687,6 +837,136 @@ class _Loader:
                 self._collect_url_passwords(item)
 
 
+# -- ${NAME} and ${NAME:-default} ------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Expansion:
+    """One string with its environment references expanded."""
+
+    text: str = ""
+    whole: bool = False  # the string was exactly one reference
+    problems: list[str] = dataclasses.field(default_factory=list)
+    values: set[str] = dataclasses.field(default_factory=set)  # taken from the environment
+
+
+class _Unclosed(Exception):
+    """A `${` without its `}`."""
+
+
+def _expand(text: str, env: Mapping[str, str]) -> _Expansion:
+    """Expand `${NAME}`, `${NAME:-default}` and `$${...}` (literal) in `text`.
+
+    A default may hold references and balanced braces of its own
+    (`${URL:-mailto://u:${PASSWORD}@host}`); it is expanded only when used,
+    so a reference in an unused default need not be set.
+    """
+    found = _Expansion()
+    try:
+        found.text, _ = _scan(text, 0, env, found, nested=False)
+    except _Unclosed:
+        found.problems.append(
+            "unclosed ${ (no matching }); close it, or write $${ for a literal ${"
+        )
+    return found
+
+
+def _scan(
+    text: str, start: int, env: Mapping[str, str], found: _Expansion, *, nested: bool
+) -> tuple[str, int]:
+    """Expand from `start`; inside a default (`nested`) stop at its closing brace.
+
+    Returns the expanded text and the index where scanning stopped (the
+    closing brace, when `nested`).
+    """
+    out: list[str] = []
+    index, depth = start, 0
+    while index < len(text):
+        if text.startswith("$${", index):
+            close = text.find("}", index)
+            stop = len(text) if close < 0 else close + 1
+            out.append(text[index + 1 : stop])
+            index = stop
+        elif text.startswith("${", index):
+            value, end = _reference(text, index, env, found)
+            found.whole = not nested and index == 0 and end == len(text)
+            out.append(value)
+            index = end
+        else:
+            char = text[index]
+            if nested and char == "}":
+                if depth == 0:
+                    return "".join(out), index
+                depth -= 1
+            elif nested and char == "{":
+                depth += 1
+            out.append(char)
+            index += 1
+    if nested:
+        raise _Unclosed
+    return "".join(out), index
+
+
+def _reference(
+    text: str, start: int, env: Mapping[str, str], found: _Expansion
+) -> tuple[str, int]:
+    """The value of the reference at `start` (its `${`) and the index after its `}`."""
+    body = start + 2
+    match = _NAME.match(text, body)
+    name = match.group(0) if match else ""
+    after = body + len(name)
+    if name and text.startswith("}", after):
+        value = env.get(name)
+        if value is None:
+            found.problems.append(
+                f"environment variable {name} is not set; set it, or write ${{{name}:-default}}"
+            )
+            return "", after + 1
+        if value:
+            found.values.add(value)
+        return value, after + 1
+    if name and text.startswith(":-", after):
+        used = _Expansion()
+        default, close = _scan(text, after + 2, env, used, nested=True)
+        value = env.get(name)
+        if value:
+            found.values.add(value)
+            return value, close + 1
+        found.problems.extend(used.problems)
+        found.values.update(used.values)
+        return default, close + 1
+    close = text.find("}", body)
+    if close < 0:
+        raise _Unclosed
+    found.problems.append(
+        f"malformed reference ${{{text[body:close]}}}; expected ${{NAME}} or ${{NAME:-default}}"
+    )
+    return "", close + 1
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why `listen` is not a HOST:PORT a server can bind, or None when it is.
+
+    The host is a name, an IPv4 address or a bracketed IPv6 address
+    (`[::1]:8080`); the port is 1 to 65535.
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host:
+        return "expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+    if host.startswith("[") or host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host[:1] + host[-1:] == "[]" else host)
+        except ValueError:
+            return f"{host} is not a bracketed IPv6 address; expected e.g. [::1]:8080"
+        if host[:1] + host[-1:] != "[]":
+            return f"{host} is not a bracketed IPv6 address; expected e.g. [::1]:8080"
+    elif ":" in host:
+        return f"an IPv6 address goes in brackets: [{host}]:{port}"
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        return f"port {port or '(none)'} is out of range; expected a port from 1 to 65535"
+    return None
+
+
 def _resolve_file_url(value: str, base_dir: str) -> str:
     prefix = "file://"
     if not value.startswith((prefix + "./", prefix + "../")):
@@ -718,6 +998,36 @@ def _action_validator(spec: ActionSpec) -> Any:
             ) from None
         _VALIDATORS[key] = jsonschema.Draft202012Validator(spec.schema)
     return _VALIDATORS[key]
+
+
+def _key_text(node: yaml.Node) -> Any:
+    """What tells two mapping keys apart before they are built."""
+    return node.value if isinstance(node, yaml.ScalarNode) else id(node)
+
+
+def _reader_problem(exc: yaml.reader.ReaderError) -> str:
+    if isinstance(exc.character, int):
+        return (
+            f"unacceptable character #x{exc.character:04x}; control characters other than"
+            " tab and newline are not allowed in YAML: remove it"
+        )
+    return _one_line(exc)
+
+
+def _line_of_character(text: str, exc: yaml.reader.ReaderError) -> int | None:
+    """The line of the character the reader refused.
+
+    libyaml counts `position` in bytes, PyYAML in characters; the first
+    occurrence of the refused character is the one both stopped at.
+    """
+    if not isinstance(exc.character, int):
+        return None
+    index = text.find(chr(exc.character))
+    return text.count("\n", 0, index) + 1 if index >= 0 else None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:

@@ -222,7 +222,12 @@ def _rate(mode: str, directory: Path, backend: str | None, args: argparse.Namesp
 
 
 def _latency(directory: Path, backend: str | None, count: int) -> list[float]:
-    """Seconds from each acknowledgement to its step done, one callback at a time."""
+    """Seconds from sending each callback to its step done, one at a time.
+
+    Measured from the send, not from the 204's arrival: a trivial step often
+    finishes before the client has read its answer, so "ack to done" would
+    be negative.
+    """
     import httpx
 
     (directory / "work").mkdir()
@@ -233,10 +238,10 @@ def _latency(directory: Path, backend: str | None, count: int) -> list[float]:
     with _server("work", config) as url, httpx.Client(trust_env=False) as client:
         for recording in recordings:
             body, headers = _signed(url, recording)
+            acked[recording] = time.time()
             answer = client.post(url, content=body, headers=headers)
             if answer.status_code != 204:
                 raise SystemExit(f"unexpected answer {answer.status_code}: {answer.text}")
-            acked[recording] = time.time()
             time.sleep(0.01)
         deadline = time.monotonic() + 60
         while len(_done(done_file)) < count and time.monotonic() < deadline:
@@ -281,7 +286,7 @@ def main() -> None:
             raise SystemExit("no step finished: see the server's log")
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         print(
-            f"ack -> step done         median {statistics.median(latencies) * 1000:.1f} ms,"
+            f"sent -> step done        median {statistics.median(latencies) * 1000:.1f} ms,"
             f" p99 {p99 * 1000:.1f} ms ({len(latencies)} samples)"
         )
 

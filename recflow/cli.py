@@ -96,7 +96,7 @@ def check(config_file: str | None) -> None:
         for error in exc.all:
             click.echo(str(error), err=True)
         raise SystemExit(1) from None
-    problems = check_config(config)
+    problems = check_config(config, host.actions)
     if problems:
         redactor = Redactor(config.secrets)
         for problem in problems:

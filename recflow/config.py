@@ -40,6 +40,7 @@ import jsonschema
 import yaml
 
 from recflow.errors import ConfigError, join_path
+from recflow.event import STATUSES
 from recflow.rules import compile_when, describe, prepare
 from recflow.schema import CONFIG_SCHEMA
 from recflow.secrets import Redactor
@@ -178,6 +179,8 @@ _TAG_WORDS = {
 }
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Event fields that hold numbers (see recflow.event.Event).
+_NUMBER_FIELDS = ("duration", "channels")
 _URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:([^\s/@]+)@")
 _TYPE_WORDS = {
     "object": "a mapping",
@@ -423,8 +426,7 @@ class _Loader:
         key = id(node)
         if key in self._open_nodes:
             self._fail(
-                "YAML: an alias used inside its own anchor (a self-reference);"
-                " expected plain data",
+                "YAML: an alias used inside its own anchor (a self-reference); expected plain data",
                 path,
                 line,
             )
@@ -468,11 +470,14 @@ class _Loader:
             return
         self._expanded += 1
         if self._expanded > MAX_ALIAS_VALUES:
+            # Named by the top-level key: the path inside is alias noise,
+            # and the node's own line is its anchor's.
+            top = re.split(r"[.\[]", path, maxsplit=1)[0]
             self._fail(
                 f"YAML: aliases expand to more than {MAX_ALIAS_VALUES} values (aliases of"
                 " aliases multiply); expected a config that reuses a few anchors",
-                path,
-                line,
+                top,
+                self.lines.get(top, line),
             )
 
     def _scalar(self, loader: yaml.SafeLoader, node: yaml.Node, path: str) -> Any:
@@ -509,9 +514,7 @@ class _Loader:
             for source in merged:
                 line = source.start_mark.line + 1
                 if not isinstance(source, yaml.MappingNode):
-                    self._fail(
-                        "YAML: << merges a mapping or a list of mappings only", path, line
-                    )
+                    self._fail("YAML: << merges a mapping or a list of mappings only", path, line)
                 if id(source) in active or source is node:
                     self._fail("YAML: << merges a mapping into itself", path, line)
                 active.add(id(node))
@@ -577,7 +580,7 @@ class _Loader:
         path = prefix
         for part in error.absolute_path:
             path = join_path(path, part)
-        kind, expected, found = error.validator, error.validator_value, error.instance
+        kind, found = error.validator, error.instance
         schema = error.schema if isinstance(error.schema, dict) else {}
         if kind == "additionalProperties" and isinstance(found, dict):
             allowed = sorted(schema.get("properties", {}))
@@ -737,6 +740,8 @@ class _Loader:
                     when = compile_when(item["when"], join_path(path, "when"))
                 except ConfigError as exc:
                     self._relocate(exc)
+                else:
+                    self._when_warnings(item["when"], join_path(path, "when"))
             steps = item.get("steps")
             rules.append(
                 RuleConfig(
@@ -748,6 +753,40 @@ class _Loader:
                 )
             )
         return tuple(rules)
+
+    def _when_warnings(self, spec: Any, path: str) -> None:
+        """Warn of conditions that compile but are unlikely to mean what was meant.
+
+        A `status` value providers never send can only match if one starts
+        sending it; `matches` on a number tests its decimal text.
+        """
+        if not isinstance(spec, dict):
+            return
+        for key, value in spec.items():
+            here = join_path(path, str(key))
+            if key in ("all", "any") and isinstance(value, list):
+                for index, item in enumerate(value):
+                    self._when_warnings(item, join_path(here, index))
+            elif key == "not":
+                self._when_warnings(value, here)
+            elif key == "status":
+                for unknown in _unknown_statuses(value):
+                    self._warn(
+                        f"status {unknown!r} is not a status providers send"
+                        f" ({', '.join(STATUSES)}); this condition matches only if a"
+                        " provider starts sending it",
+                        here,
+                    )
+            elif key in _NUMBER_FIELDS and isinstance(value, dict) and "matches" in value:
+                self._warn(
+                    f"{key} is a number: matches tests its decimal text (94 as '94');"
+                    " use gt, gte, lt, lte to compare amounts",
+                    join_path(here, "matches"),
+                )
+
+    def _warn(self, message: str, path: str) -> None:
+        line = self._line(path)
+        self.warnings.append(f"{self.file}{f':{line}' if line else ''}: {path}: {message}")
 
     def _steps(self, raw: list[Any], rule: int) -> tuple[StepConfig, ...]:
         steps: list[StepConfig] = []
@@ -907,9 +946,7 @@ def _scan(
     return "".join(out), index
 
 
-def _reference(
-    text: str, start: int, env: Mapping[str, str], found: _Expansion
-) -> tuple[str, int]:
+def _reference(text: str, start: int, env: Mapping[str, str], found: _Expansion) -> tuple[str, int]:
     """The value of the reference at `start` (its `${`) and the index after its `}`."""
     body = start + 2
     match = _NAME.match(text, body)
@@ -942,6 +979,20 @@ def _reference(
         f"malformed reference ${{{text[body:close]}}}; expected ${{NAME}} or ${{NAME:-default}}"
     )
     return "", close + 1
+
+
+def _unknown_statuses(value: Any) -> list[Any]:
+    """The values a `status` condition compares with that are not known statuses."""
+    if isinstance(value, dict):
+        values: list[Any] = []
+        for op, operand in value.items():
+            if op in ("eq", "ne"):
+                values.append(operand)
+            elif op in ("in", "not_in") and isinstance(operand, list):
+                values.extend(operand)
+    else:
+        values = value if isinstance(value, list) else [value]
+    return [v for v in values if v not in STATUSES]
 
 
 def listen_problem(listen: str) -> str | None:

@@ -55,17 +55,26 @@ _ACTION_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 ActionResult = Mapping[str, Any] | None
 ActionCallable = Callable[..., ActionResult | Awaitable[ActionResult]]
+ActionCheck = Callable[[Mapping[str, Any]], list[str]]
 
 
 @dataclasses.dataclass(frozen=True)
 class ActionSpec:
-    """An action rules can name: what it is called, accepts and runs."""
+    """An action rules can name: what it is called, accepts and runs.
+
+    `check`, optional, finds mistakes a schema cannot see (a storage
+    protocol that does not exist, a notification URL no service reads):
+    `recflow check` calls it with each step's parameters rendered against
+    a sample event and prints the one-line problems it returns. It must
+    not send or write anything.
+    """
 
     name: str
     run: ActionCallable
     schema: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"type": "object"})
     description: str = ""
     plugin: str = ""
+    check: ActionCheck | None = None
 
 
 @dataclasses.dataclass
@@ -230,6 +239,8 @@ def _checked_spec(spec: Any, plugin: str) -> ActionSpec:
         )
     if not callable(spec.run):
         raise ConfigError(f"{where}: ActionSpec.run of action {spec.name!r} is not callable")
+    if spec.check is not None and not callable(spec.check):
+        raise ConfigError(f"{where}: ActionSpec.check of action {spec.name!r} is not callable")
     if not isinstance(spec.schema, Mapping):
         raise ConfigError(
             f"{where}: ActionSpec.schema of action {spec.name!r} is"

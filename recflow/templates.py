@@ -30,6 +30,7 @@ from recflow.event import FIELDS, Event
 
 if TYPE_CHECKING:
     from recflow.config import Config
+    from recflow.plugins import ActionCheck, ActionSpec
 
 _MARKERS = ("{{", "{%", "{#")
 
@@ -198,17 +199,19 @@ def placeholder_steps(step_ids: list[str | None]) -> dict[str, StepOutputs]:
     return {sid: StepOutputs(sid) for sid in step_ids if sid}
 
 
-def check_config(config: Config) -> list[str]:
+def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None) -> list[str]:
     """Render every step's templates against `sample_event()`; located errors.
 
     Each earlier step with an id offers placeholder outputs (any output
     name is accepted), and any `params.NAME` reads as a placeholder, so
     what is reported are real mistakes: a misspelt field, a step id that
-    is not an earlier step's, a failing filter.
+    is not an earlier step's, a failing filter. When `actions` is given,
+    each step whose templates render is also passed, rendered, to its
+    action's `check` (see `ActionSpec`).
     """
     event = _SampleEvent(sample_event())
     errors: list[str] = []
-    for rule in config.rules:
+    for rule_index, rule in enumerate(config.rules):
         earlier: list[str | None] = []
         for step in rule.steps:
             context = {
@@ -217,14 +220,37 @@ def check_config(config: Config) -> list[str]:
                 "steps": placeholder_steps(earlier),
             }
             params = step.params if isinstance(step.params, Compiled) else Compiled(step.params)
+            failed = False
             for template in params.templates():
                 try:
                     template.render(context)
                 except TemplateError as exc:
+                    failed = True
                     where = config.path + (f":{template.line}" if template.line else "")
                     errors.append(f"{where}: {exc}")
+            spec = (actions or {}).get(step.action)
+            if spec is not None and spec.check is not None and not failed:
+                path = f"rules[{rule_index}].steps[{step.index}].with"
+                where = config.path + (f":{step.line}" if step.line else "")
+                errors.extend(
+                    f"{where}: {path}: {problem}"
+                    for problem in _action_problems(
+                        spec, spec.check, render_params(params, context)
+                    )
+                )
             earlier.append(step.id)
     return errors
+
+
+def _action_problems(spec: ActionSpec, check: ActionCheck, params: Any) -> list[str]:
+    """What the action's own `check` says of rendered `params`, as one-line problems."""
+    try:
+        problems = check(params if isinstance(params, Mapping) else {})
+    except Exception as exc:  # a plugin's check can raise anything
+        return [
+            f"the check of action {spec.name!r} ({spec.plugin or '?'}) failed: {_one_line(exc)}"
+        ]
+    return [" ".join(str(problem).split()) for problem in problems]
 
 
 class _SampleEvent:

@@ -9,7 +9,9 @@ found in the same pass ride along in `.others`); nothing half-loads.
 
 Details a user meets:
 
-- `${NAME:-default}` uses the default when NAME is unset or empty;
+- `${NAME:-default}` uses the default when NAME is unset or empty; a
+  default may hold references and balanced braces of its own
+  (`${URL:-mailto://u:${PASSWORD}@host}`), expanded only when used.
   `$${NAME}` is the literal text `${NAME}`. A plain (unquoted) value that
   is one reference takes the YAML type of what it expands to
   (`workers: ${WORKERS}` is a number); under `providers` values always
@@ -20,6 +22,14 @@ Details a user meets:
   of step parameters are resolved against the config file's directory.
 - A signalwire `space` without a dot is a space name: `acme` means
   `acme.signalwire.com`.
+- Hostile YAML fails as one located line like any other mistake: control
+  characters, values nested deeper than MAX_DEPTH, aliases that expand
+  past MAX_ALIAS_VALUES values ("billion laughs"), self-references.
+- Every independent mistake is reported in one run: the schema's errors,
+  one per key path, then the rules and steps the schema found sound.
+- `server.listen` is checked at load (`listen_problem`), port 1 to 65535.
+- Warnings, not errors: a `status` value no provider sends, and `matches`
+  on a numeric field, which tests the number's decimal text.
 
 Knows the schema, the event and the rules; nothing that runs.
 """
@@ -179,6 +189,7 @@ _TAG_WORDS = {
 }
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST = re.compile(r"[A-Za-z0-9._-]+")
 # Event fields that hold numbers (see recflow.event.Event).
 _NUMBER_FIELDS = ("duration", "channels")
 _URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:([^\s/@]+)@")
@@ -1013,6 +1024,8 @@ def listen_problem(listen: str) -> str | None:
             return f"{host} is not a bracketed IPv6 address; expected e.g. [::1]:8080"
     elif ":" in host:
         return f"an IPv6 address goes in brackets: [{host}]:{port}"
+    elif not _HOST.fullmatch(host):
+        return f"{host!r} is not a host name or address; expected HOST:PORT, e.g. 127.0.0.1:8080"
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
         return f"port {port or '(none)'} is out of range; expected a port from 1 to 65535"
     return None

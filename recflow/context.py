@@ -42,10 +42,13 @@ class StepContext:
         """Open the recording's audio as a stream: a context manager.
 
         `fmt` is `"wav"`, `"mp3"` or None (the URL as the provider sent
-        it). The stream is fetched only from the provider's own origin,
-        with its credentials; see `recflow.media.open_media` for what the
-        yielded object offers.
+        it). Only the event's own recording is fetched
+        (`recflow.recording.check_recording_url`), from the provider's own
+        origin, with its credentials; see `recflow.media.open_media` for
+        what the yielded object offers.
         """
         from recflow.media import open_media
+        from recflow.recording import check_recording_url
 
+        check_recording_url(self)
         return open_media(self.event.recording_url, self.provider, fmt)

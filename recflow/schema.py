@@ -18,11 +18,9 @@ _SERVER: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "listen": {
-            "type": "string",
-            "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):[0-9]{1,5}$",
-            "description": "HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
-        },
+        # The loader checks HOST:PORT itself (recflow.config.listen_problem),
+        # to say which part is wrong.
+        "listen": {"type": "string"},
         "path": {
             "type": "string",
             "pattern": r"^/\S*$",

@@ -231,3 +231,54 @@ def test_match_escapes_control_characters_a_callback_carried(config_file: str) -
     assert "\x1b" not in out and "\x07" not in out
     assert "\\x1b]0;title\\x07completed\\nINFO forged" in out
     assert all(not line.startswith("INFO") for line in out.splitlines())
+
+
+def test_check_refuses_what_could_only_fail_after_the_callback(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    when: {status: complete}  # <-
+    steps:
+      - id: archive
+        action: store
+        with: {to: "nosuchproto://bucket/{{ event.recording_sid }}.wav"}
+      - action: notify
+        with: {to: ["nonsense://foo", "json://localhost/{{ steps.archive.url }}"]}
+"""
+    )
+    path = write_config(tmp_path, text)
+    code, out, err = run("check", "-c", path)
+    line = marked_line(text)
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"{path}:{line + 2}: rules[0].steps[0].with: to: storage protocol 'nosuchproto' is"
+        " unknown to fsspec; known ones include file, s3, gs, az, sftp, memory",
+        f"{path}:{line + 5}: rules[0].steps[1].with: to: nonsense:// is not a service apprise"
+        " knows",
+    ]
+
+
+def test_check_warns_of_statuses_no_provider_sends(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + "rules:\n  - name: a\n    when: {status: complete}  # <-\n"
+        + ("    steps: [{action: notify, with: {to: 'json://localhost'}}]\n")
+    )
+    path = write_config(tmp_path, text)
+    code, out, err = run("check", "-c", path)
+    assert code == 0
+    assert out == "ok: 1 rule, 1 provider\n"
+    assert f"warning: {path}:{marked_line(text)}: rules[0].when.status: status 'complete'" in err
+
+
+def test_check_of_a_bad_listen_names_the_config_not_an_option(tmp_path: Path) -> None:
+    text = PROVIDER + "server:\n  listen: 127.0.0.1:99999  # <-\n"
+    path = write_config(tmp_path, text)
+    code, _, err = run("check", "-c", path)
+    assert code == 1
+    assert err.startswith(f"{path}:{marked_line(text)}: server.listen: ")
+    assert "port 99999 is out of range" in err
+    assert "--listen" not in err

@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+import yaml
 from config_util import ACTIONS, PROVIDER, marked_line, write_config
 
 from recflow import config
@@ -495,3 +496,287 @@ def test_empty_environment_value_takes_the_default(
     monkeypatch.setenv("RF_EMPTY", "")
     cfg = load_text(tmp_path, PROVIDER + "server: {path: '${RF_EMPTY:-/cb}'}\n")
     assert cfg.server.path == "/cb"
+
+
+# -- hostile YAML: every failure one located line, quickly ---------------------
+
+LOADERS = [
+    pytest.param(getattr(yaml, "CSafeLoader", yaml.SafeLoader), id="libyaml"),
+    pytest.param(yaml.SafeLoader, id="pure-python"),
+]
+
+
+@pytest.fixture(params=LOADERS)
+def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the test with libyaml's parser and with PyYAML's own: their errors differ."""
+    monkeypatch.setattr(config, "_YamlLoader", request.param)
+
+
+def laughs(levels: int, width: int = 8) -> str:
+    """A "billion laughs": each anchor a list of `width` aliases of the one before."""
+    text = "x-l0: &l0 [" + ", ".join(["lol"] * width) + "]\n"
+    for level in range(1, levels + 1):
+        aliases = ", ".join([f"*l{level - 1}"] * width)
+        text += f"x-l{level}: &l{level} [{aliases}]\n"
+    return text
+
+
+def merges(levels: int, width: int = 8) -> str:
+    """The same with merge keys: `<<` of `width` aliases of the mapping before."""
+    text = "x-m0: &m0 {k: v}\n"
+    for level in range(1, levels + 1):
+        aliases = ", ".join([f"*m{level - 1}"] * width)
+        text += f"x-m{level}: &m{level} {{<<: [{aliases}], k{level}: v}}\n"
+    return text
+
+
+HOSTILE_YAML = [
+    pytest.param("workers: 4\x00  # <-\n", "unacceptable character #x0000;", id="nul"),
+    pytest.param('backend: "a\x07b"  # <-\n', "unacceptable character #x0007;", id="bell"),
+    pytest.param("workers: [4  # <-\n", "YAML syntax", id="scanner-parser"),
+    pytest.param("workers: *nowhere  # <-\n", "YAML syntax: found undefined alias", id="composer"),
+    pytest.param("workers: !!python/object:os.system x  # <-\n", "YAML syntax", id="constructor"),
+    pytest.param("x-when: 2024-13-45  # <-\n", "cannot read '2024-13-45' as a date", id="bad-date"),
+    pytest.param("workers: !!int four  # <-\n", "cannot read 'four' as an integer", id="bad-int"),
+    pytest.param("x-flag: !!bool maybe  # <-\n", "cannot read 'maybe' as true or false", id="bool"),
+    pytest.param(
+        "x-self: &self [1, *self]  # <-\n", "an alias used inside its own anchor", id="self-alias"
+    ),
+    pytest.param(
+        "x-self: &self {<<: *self}  # <-\n", "merges a mapping into itself", id="self-merge"
+    ),
+    pytest.param(
+        "x-m: {<<: [1, 2]}  # <-\n", "merges a mapping or a list of mappings", id="merge-1"
+    ),
+]
+
+
+@pytest.mark.parametrize(("tail", "message"), HOSTILE_YAML)
+def test_hostile_yaml_is_one_located_line(
+    tmp_path: Path, yaml_loader: None, tail: str, message: str
+) -> None:
+    text = PROVIDER + tail
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, ACTIONS)
+    error = str(caught.value)
+    assert message in error
+    assert error.startswith(f"{path}:{marked_line(text)}: "), error
+    assert "\n" not in error
+
+
+def test_billion_laughs_is_refused_without_building_it(tmp_path: Path, yaml_loader: None) -> None:
+    # 9 levels of 8 would be 134 million values: refused after the first 100,000.
+    text = PROVIDER + laughs(9) + "x-boom: *l9\n"
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, ACTIONS)
+    # Where the expansion passed the bound: 8 + 64 + ... + 8**5 values.
+    line = text.splitlines().index("x-l5: &l5 [" + ", ".join(["*l4"] * 8) + "]") + 1
+    assert str(caught.value).startswith(f"{path}:{line}: x-l5: YAML: aliases expand to more")
+
+
+def test_merges_of_merges_keep_each_key_once(tmp_path: Path, yaml_loader: None) -> None:
+    # PyYAML's own merging would make 8**12 entries of these.
+    cfg = load_text(tmp_path, PROVIDER + merges(12))
+    assert cfg.providers[0].name == "main"
+
+
+def test_merged_keys_yield_to_the_mapping_own_keys(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+x-mail: &mail
+  action: notify
+  with: {to: ["mailto://ops@example.com"]}
+rules:
+  - name: a
+    steps:
+      - <<: *mail
+        with: {to: ["mailto://other@example.com"]}
+"""
+    )
+    (step,) = load_text(tmp_path, text).rules[0].steps
+    assert step.raw_params == {"to": ["mailto://other@example.com"]}
+
+
+@pytest.mark.parametrize("depth", [pytest.param(100, id="100"), pytest.param(5000, id="5000")])
+def test_deep_nesting_says_so(tmp_path: Path, yaml_loader: None, depth: int) -> None:
+    path = write_config(tmp_path, PROVIDER + "x-deep: " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(ConfigError, match="nested deeper than 64 levels") as caught:
+        config.load(path, ACTIONS)
+    assert "self-referencing" not in str(caught.value)
+
+
+def test_check_prints_one_line_for_a_nul_byte(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from recflow.cli import cli
+
+    path = write_config(tmp_path, PROVIDER + "workers: 4\x00\n")
+    result = CliRunner().invoke(cli, ["check", "-c", path])
+    assert result.exit_code == 1
+    assert result.stderr == f"{path}:8: YAML: unacceptable character #x0000; " + (
+        "control characters other than tab and newline are not allowed in YAML: remove it\n"
+    )
+
+
+# -- ${...} defaults that hold references --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(
+            "${RF_ALERT_URL:-mailto://recflow:${RF_SMTP_PW}@h.example.com?to=x}",
+            "mailto://recflow:pw-from-env@h.example.com?to=x",
+            id="nested-reference",
+        ),
+        pytest.param(
+            "${RF_ALERT_URL:-a${RF_NOPE:-b${RF_SMTP_PW}c}d}", "abpw-from-envcd", id="deep"
+        ),
+        pytest.param("${RF_ALERT_URL:-$${LITERAL}}", "${LITERAL}", id="literal-in-default"),
+        pytest.param("${RF_ALERT_URL:-{a: {b}}}", "{a: {b}}", id="balanced-braces"),
+        pytest.param("${RF_SMTP_PW:-${RF_NOPE}}", "pw-from-env", id="unused-default-unset"),
+        pytest.param("x${RF_NOPE:-}y", "xy", id="empty-default"),
+    ],
+)
+def test_defaults_may_hold_references(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("RF_SMTP_PW", "pw-from-env")
+    monkeypatch.delenv("RF_ALERT_URL", raising=False)
+    monkeypatch.delenv("RF_NOPE", raising=False)
+    text = PROVIDER + STORE_RULE + f"      - action: notify\n        with: {{to: ['{value}']}}\n"
+    cfg = load_text(tmp_path, text)
+    assert cfg.rules[0].steps[1].raw_params["to"] == [expected]
+    assert ("pw-from-env" in cfg.secrets) is ("pw-from-env" in expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("${RF_NOPE:-${RF_NOPE2}}", "environment variable RF_NOPE2 is not set", id="u"),
+        pytest.param("${RF_NOPE:-abc", "unclosed ${", id="unclosed-default"),
+        pytest.param("a${RF_NOPE", "unclosed ${", id="unclosed"),
+        pytest.param("${RF NOPE}", "malformed reference ${RF NOPE}", id="malformed"),
+    ],
+)
+def test_bad_references_are_located(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.delenv("RF_NOPE", raising=False)
+    monkeypatch.delenv("RF_NOPE2", raising=False)
+    text = PROVIDER + f"server:\n  public_url: '{value}'  # <-\n"
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, ACTIONS)
+    assert str(caught.value).startswith(f"{path}:{marked_line(text)}: server.public_url: ")
+    assert message in str(caught.value)
+
+
+# -- server.listen ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        pytest.param("127.0.0.1:8080", None, id="ipv4"),
+        pytest.param("localhost:65535", None, id="name-top-port"),
+        pytest.param("[::1]:8080", None, id="ipv6"),
+        pytest.param("127.0.0.1:99999", "port 99999 is out of range", id="port-too-big"),
+        pytest.param("127.0.0.1:0", "port 0 is out of range", id="port-0"),
+        pytest.param("::1:8080", "an IPv6 address goes in brackets: [::1]:8080", id="bare-ipv6"),
+        pytest.param("[::g]:8080", "[::g] is not a bracketed IPv6 address", id="bad-ipv6"),
+        pytest.param("[::1:8080", "[::1 is not a bracketed IPv6 address", id="half-bracket"),
+        pytest.param("a b:80", "'a b' is not a host name or address", id="space"),
+        pytest.param("localhost", "expected HOST:PORT", id="no-port"),
+    ],
+)
+def test_server_listen_is_checked_at_load(tmp_path: Path, listen: str, problem: str | None) -> None:
+    text = PROVIDER + f"server:\n  listen: '{listen}'  # <-\n"
+    path = write_config(tmp_path, text)
+    if problem is None:
+        assert config.load(path, ACTIONS).server.listen == listen
+        return
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, ACTIONS)
+    assert str(caught.value).startswith(f"{path}:{marked_line(text)}: server.listen: ")
+    assert problem in str(caught.value)
+
+
+# -- every independent mistake in one run ------------------------------------------
+
+
+def test_schema_errors_and_rule_errors_are_all_reported(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+workers: many
+server:
+  listen: 127.0.0.1:99999
+  lisen: x
+rules:
+  - name: a
+    when: {duration: {gtee: 5}}
+    steps:
+      - acton: notify
+      - action: store
+        with: {to: "x", format: flac}
+  - name: b
+    when: {status: {eq: completed}}
+    steps: [{action: sotre}]
+  - name: c
+    steps: 5
+"""
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    found = [(e.path, e.message.split(";")[0]) for e in caught.value.all]
+    assert found == [
+        ("workers", "found the string 'many'"),
+        ("server.listen", "found the string '127.0.0.1:99999': port 99999 is out of range"),
+        ("server.lisen", "unknown key 'lisen'"),
+        ("rules[0].when.duration.gtee", "unknown operator 'gtee'"),
+        ("rules[0].steps[0].acton", "unknown key 'acton'"),
+        ("rules[0].steps[1].with.format", "found the string 'flac'"),
+        ("rules[1].steps[0].action", "unknown action 'sotre'"),
+        ("rules[2].steps", "found the number 5"),
+    ]
+
+
+def test_every_unknown_key_of_a_mapping_is_named(tmp_path: Path) -> None:
+    text = PROVIDER + "server:\n  lisen: x\n  pth: /x\n"
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    assert [e.path for e in caught.value.all] == ["server.lisen", "server.pth"]
+
+
+# -- warnings: conditions that load but can hardly mean what was meant -------------
+
+
+def test_unknown_statuses_and_matches_on_numbers_are_warned_about(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    when:
+      status: complete
+      any:
+        - status: {in: [completed, 5]}
+        - duration: {matches: "^9"}
+        - not: {status: absent}
+    steps: [{action: notify}]
+"""
+    )
+    cfg = load_text(tmp_path, text)
+    path = str(tmp_path / "config.yaml")
+    assert [w.split(";")[0] for w in cfg.warnings if "rules[" in w] == [
+        f"{path}:11: rules[0].when.status: status 'complete' is not a status providers send"
+        " (in-progress, completed, absent, failed)",
+        f"{path}:13: rules[0].when.any[0].status: status 5 is not a status providers send"
+        " (in-progress, completed, absent, failed)",
+        f"{path}:14: rules[0].when.any[1].duration.matches: duration is a number: matches"
+        " tests its decimal text (94 as '94')",
+    ]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from emulator import Emulator, audio, step_context
+from emulator import ACCOUNT, Emulator, audio, step_context
 
 from recflow.actions import delete, store
 from recflow.errors import ActionError
@@ -101,3 +102,39 @@ def test_wrong_token_is_permanent(emulator: Emulator) -> None:
 def test_schema(params: Any, valid: bool) -> None:
     errors = list(jsonschema.Draft202012Validator(delete.SCHEMA).iter_errors(params))
     assert (not errors) is valid
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        pytest.param("/Accounts/{account}/Calls/CA123", id="a-call"),
+        pytest.param("/Accounts/{account}/Recordings/{other}", id="another-recording"),
+        pytest.param("/Accounts/{account}/Recordings/{other}.wav", id="another-with-ext"),
+    ],
+)
+def test_deletes_only_the_recording_whose_url_came_with_the_id(
+    emulator: Emulator, resource: str
+) -> None:
+    """A signed callback pairing a URL with another recording's id deletes nothing."""
+    other = "99999999-1111-4222-8333-944455556666"
+    emulator.add_recording(SID)
+    emulator.add_recording(other)
+    url = emulator.api_url + resource.format(account=ACCOUNT, other=other)
+    ctx = step_context(emulator, SID, previous=(("store", {"bytes": len(audio(1.0))}),))
+    ctx = dataclasses.replace(ctx, event=dataclasses.replace(ctx.event, recording_url=url))
+    with pytest.raises(ActionError, match=f"is not recording {SID} .* refused") as info:
+        delete.run({}, ctx)
+    assert info.value.permanent
+    assert emulator.deleted == []
+    assert emulator.requests == []
+
+
+def test_checks_the_size_of_the_recording_it_deletes(emulator: Emulator) -> None:
+    """The HEAD goes to the URL built from the id, the resource the DELETE removes."""
+    emulator.add_recording(SID)
+    ctx = step_context(emulator, SID, previous=(("store", {"bytes": len(audio(1.0))}),))
+    url = emulator.recording_url(SID) + ".mp3"
+    ctx = dataclasses.replace(ctx, event=dataclasses.replace(ctx.event, recording_url=url))
+    assert delete.run({}, ctx) == {"deleted": True}
+    paths = [(r.method, r.path.rsplit("/", 1)[1]) for r in emulator.requests]
+    assert paths == [("HEAD", SID), ("DELETE", f"{SID}.json")]

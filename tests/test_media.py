@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-from emulator import Emulator, audio, running_emulator
+from emulator import Emulator, audio, running_emulator, step_context
 
 from recflow.errors import ActionError
 from recflow.media import head_length, media_url, open_media
@@ -131,3 +133,27 @@ def test_head_length(emulator: Emulator) -> None:
     length = head_length(emulator.recording_url(SID), emulator.provider(), "wav")
     assert length == len(audio(1.0))
     assert emulator.requests[0].method == "HEAD"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/Calls/CA1", id="another-resource"),
+        pytest.param("/Recordings/RE-other", id="another-recording"),
+        pytest.param("/Recordings.json", id="the-list"),
+    ],
+)
+def test_the_context_opens_only_the_events_own_recording(emulator: Emulator, path: str) -> None:
+    """Plugins fetch through `ctx.open_media`: it refuses what `store` refuses."""
+    emulator.add_recording("RE-mine")
+    ctx = step_context(emulator, "RE-mine")
+    account_url = emulator.recording_url("RE-mine").rsplit("/Recordings/", 1)[0]
+    event = dataclasses.replace(ctx.event, recording_url=account_url + path)
+    ctx = dataclasses.replace(ctx, event=event)
+
+    with pytest.raises(ActionError) as raised, ctx.open_media("wav"):
+        pass
+
+    assert raised.value.permanent
+    assert "is not recording RE-mine" in str(raised.value)
+    assert not [r for r in emulator.requests if r.method == "GET"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import socket
@@ -238,3 +239,56 @@ def test_with_deadline(url: str, timeout: float, expected: str) -> None:
 def test_schema(params: dict[str, Any], valid: bool) -> None:
     errors = list(jsonschema.Draft202012Validator(notify.SCHEMA).iter_errors(params))
     assert (not errors) is valid
+
+
+def test_stored_object_in_subfolders_is_attached_under_a_plain_name(
+    emulator: Emulator, mailbox: tuple[Mailbox, str], tmp_path: Path
+) -> None:
+    handler, url = mailbox
+    sid = "tenant/2024/0a0b"  # what a `to:` template of subfolders leads to
+    target = tmp_path / "tenant" / "2024" / "0a0b.wav"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(audio(1.0))
+    stored = {"url": f"file://{target}", "bytes": len(audio(1.0)), "format": "wav"}
+    ctx = step_context(emulator, sid, previous=(("store", stored),))
+    assert notify.run({"to": [url], "body": "x", "attach": True}, ctx) == {"sent": 1}
+    (message,) = handler.messages
+    assert attachments(message) == {"tenant_2024_0a0b.wav": audio(1.0)}
+    assert emulator.requests == []
+
+
+def test_attach_does_not_fetch_another_resource(
+    emulator: Emulator, mailbox: tuple[Mailbox, str]
+) -> None:
+    handler, url = mailbox
+    ctx = step_context(emulator, SID)
+    call = f"{emulator.api_url}/Accounts/{ACCOUNT}/Calls/CA123"
+    ctx = dataclasses.replace(ctx, event=dataclasses.replace(ctx.event, recording_url=call))
+    with pytest.raises(ActionError, match="is not recording .* refused") as info:
+        notify.run({"to": [url], "body": "x", "attach": True}, ctx)
+    assert info.value.permanent
+    assert emulator.requests == []
+    assert handler.messages == []
+
+
+@pytest.mark.parametrize(
+    ("to", "problems"),
+    [
+        pytest.param("json://localhost", [], id="json"),
+        pytest.param(["mailto://ops@example.com", "slack://a/b/c"], [], id="list"),
+        pytest.param("signalwire://p:t@space/+15551230000/+15551230001", [], id="signalwire"),
+        pytest.param("json://<params.host>/x", [], id="placeholder"),
+        pytest.param("nonsense://foo", ["to: nonsense:// is not a service apprise knows"], id="x"),
+        pytest.param(
+            ["json://localhost", "mailto://u:hunter22@10.0.0.1"],
+            ["to: apprise cannot read the URL 'mailto://u:***@10.0.0.1'; check its form"],
+            id="malformed-masked",
+        ),
+    ],
+)
+def test_check_finds_urls_apprise_cannot_send_to(
+    to: str | list[str], problems: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert notify.check({"to": to}) == problems
+    captured = capsys.readouterr()
+    assert "hunter22" not in captured.out + captured.err

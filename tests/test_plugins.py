@@ -149,6 +149,11 @@ def test_call_action_refuses_outputs_the_journal_cannot_hold(result: Any, compla
             "ActionSpec.schema of action 'x' is not a valid JSON Schema",
             id="schema-invalid",
         ),
+        pytest.param(
+            ActionSpec(name="x", run=_run, check="nope"),  # type: ignore[arg-type]
+            "ActionSpec.check of action 'x' is not callable",
+            id="check",
+        ),
     ],
 )
 def test_a_bad_registration_names_plugin_hook_and_argument(spec: Any, complaint: str) -> None:

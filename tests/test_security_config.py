@@ -84,7 +84,7 @@ def test_python_tags_are_refused_with_a_located_error(tmp_path: Path, tagged: st
         pytest.param(
             FROM_ENV
             + "rules:\n  - name: r\n    steps:\n      - action: notify\n        with:\n"
-            + "          to: ['mailto://u:pw_in_url_9@127.0.0.1:25?to=a@b.c']\n",
+            + "          to: ['mailto://u:pw_in_url_9@127.0.0.1:25?to=a@b.c&from=r@example.com']\n",
             0o644,
             True,
             id="password-in-a-url-world-readable",

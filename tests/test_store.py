@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import fsspec
 import jsonschema
 import pytest
-from emulator import Emulator, audio, step_context
+from emulator import ACCOUNT, Emulator, audio, step_context
 
 from recflow.actions import store
 from recflow.errors import ActionError
@@ -147,3 +148,75 @@ def test_s3_missing_bucket_is_a_clear_permanent_error(
 def test_schema(params: dict[str, Any], valid: bool) -> None:
     errors = list(jsonschema.Draft202012Validator(store.SCHEMA).iter_errors(params))
     assert (not errors) is valid
+
+
+def _event_url(emulator: Emulator, url: str) -> Any:
+    """A store context whose callback carried RecordingUrl `url` (sid SID)."""
+    ctx = step_context(emulator, SID)
+    return dataclasses.replace(ctx, event=dataclasses.replace(ctx.event, recording_url=url))
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        pytest.param("/Accounts/{account}/Calls/CA123", id="a-call"),
+        pytest.param("/Accounts/{account}/Recordings", id="the-list"),
+        pytest.param("/Accounts/{account}/Recordings/{sid}/Transcriptions", id="below"),
+        pytest.param("/Accounts/{account}/Recordings/OTHER-{sid}", id="another-recording"),
+        pytest.param("/Accounts/other-account/Recordings/{sid}", id="another-account"),
+        pytest.param("/../Accounts/{account}/Recordings/{sid}", id="dot-dot"),
+    ],
+)
+def test_refuses_a_recording_url_that_is_not_this_recording(
+    emulator: Emulator, tmp_path: Path, resource: str
+) -> None:
+    emulator.add_recording(SID)
+    url = emulator.api_url + resource.format(account=ACCOUNT, sid=SID)
+    with pytest.raises(ActionError, match="is not recording .* refused") as info:
+        store.run({"to": f"file://{tmp_path}/r.wav"}, _event_url(emulator, url))
+    assert info.value.permanent
+    assert emulator.requests == [], "nothing is fetched with the account's credentials"
+    assert stored_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", ["", ".wav", ".mp3"])
+def test_accepts_the_recording_url_bare_or_with_an_extension(
+    emulator: Emulator, tmp_path: Path, suffix: str
+) -> None:
+    emulator.add_recording(SID)
+    ctx = _event_url(emulator, emulator.recording_url(SID) + suffix)
+    outputs = store.run({"to": f"file://{tmp_path}/r.wav"}, ctx)
+    assert outputs["bytes"] == len(audio(1.0))
+
+
+def test_errors_are_one_clear_line(emulator: Emulator, tmp_path: Path) -> None:
+    emulator.add_recording(SID)
+    (tmp_path / "afile").write_text("not a directory")
+    with pytest.raises(ActionError) as info:
+        store.run({"to": f"file://{tmp_path}/afile/r.wav"}, step_context(emulator, SID))
+    assert str(info.value).startswith(f"cannot store at file://{tmp_path}/afile/r.wav: ")
+    assert "Errno" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("to", "problem"),
+    [
+        pytest.param("file:///srv/r.wav", None, id="file"),
+        pytest.param("/srv/r.wav", None, id="plain-path"),
+        pytest.param("s3://bucket/r.wav", None, id="s3"),
+        pytest.param("memory://r.wav", None, id="memory"),
+        pytest.param("simplecache::s3://bucket/r.wav", None, id="chained"),
+        pytest.param("<params.proto>://bucket/r.wav", None, id="templated-protocol"),
+        pytest.param("nosuchproto://x/r.wav", "'nosuchproto' is unknown to fsspec", id="unknown"),
+        pytest.param("simplecache::nope://b/r.wav", "'nope' is unknown to fsspec", id="chain-bad"),
+        pytest.param("gs://bucket/r.wav", "'gs' needs a package that is not installed", id="gs"),
+    ],
+)
+def test_check_finds_storage_protocols_that_cannot_work(to: str, problem: str | None) -> None:
+    problems = store.check({"to": to})
+    if problem is None:
+        assert problems == []
+    else:
+        (found,) = problems
+        assert problem in found

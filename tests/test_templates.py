@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,49 @@ rules:
 def test_check_config_passes_a_good_config() -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
     assert check_config(config.load(str(example), ACTIONS)) == []
+
+
+def test_check_config_passes_rendered_params_to_the_action_check(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def check(params: Any) -> list[str]:
+        seen.append(dict(params))
+        return ["to: no  such\nplace"] if "nowhere" in params["to"] else []
+
+    actions = dict(ACTIONS, store=dataclasses.replace(ACTIONS["store"], check=check))
+    text = (
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    steps:
+      - action: store
+        with: {to: "file:///r/{{ event.recording_sid }}.wav"}
+      - action: store  # <-
+        with: {to: "nowhere://{{ event.recording_sid }}"}
+      - action: store
+        with: {to: "{{ event.nope }}"}
+"""
+    )
+    path = write_config(tmp_path, text)
+    problems = check_config(config.load(path, actions), actions)
+    sid = EVENT.recording_sid
+    assert seen == [{"to": f"file:///r/{sid}.wav"}, {"to": f"nowhere://{sid}"}]
+    line = marked_line(text)
+    assert problems[0] == f"{path}:{line}: rules[0].steps[1].with: to: no such place"
+    assert "event has no field 'nope'" in problems[1]
+    assert len(problems) == 2
+
+
+def test_check_config_reports_a_check_that_raises(tmp_path: Path) -> None:
+    def check(params: Any) -> list[str]:
+        raise KeyError("format")
+
+    spec = dataclasses.replace(ACTIONS["store"], check=check, plugin="acme")
+    actions = dict(ACTIONS, store=spec)
+    path = write_config(
+        tmp_path,
+        PROVIDER + "rules:\n  - name: a\n    steps:\n      - {action: store, with: {to: x}}\n",
+    )
+    (problem,) = check_config(config.load(path, actions), actions)
+    assert problem.endswith("the check of action 'store' (acme) failed: 'format'")

@@ -5,6 +5,12 @@ that wrote a non-empty object, and, when the provider announces the
 media's size, that the stored size equals it: a recording deleted before
 it is kept is lost for good. A recording that is already gone counts as
 done, so a repeated step does no harm.
+
+What it checks and what it deletes derive from one id, the event's
+RecordingSid: the RecordingUrl (which `store` fetched) must be that
+recording's URL under the provider's API, the size check HEADs the URL
+built from the id, and the DELETE goes to `Recordings/{sid}.json`. A
+callback pairing one recording's URL with another's id deletes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from recflow.context import StepContext
 from recflow.errors import ActionError
 from recflow.hookspecs import hookimpl
 from recflow.plugins import ActionSpec
+from recflow.recording import check_recording_url, recording_url
 
 SCHEMA: dict[str, Any] = {
     "type": ["object", "null"],
@@ -28,6 +35,7 @@ SCHEMA: dict[str, Any] = {
 def run(params: dict[str, Any] | None, ctx: StepContext) -> dict[str, Any]:
     """Delete the recording; outputs `deleted` (false when it was already gone)."""
     stored = _verified_store(ctx)
+    check_recording_url(ctx)
     sid = ctx.event.recording_sid
     announced = _announced_length(ctx, stored)
     if announced is not None and announced != stored["bytes"]:
@@ -67,7 +75,8 @@ def _verified_store(ctx: StepContext) -> Mapping[str, Any]:
 
 def _announced_length(ctx: StepContext, stored: Mapping[str, Any]) -> int | None:
     """The provider's size for the stored format; None when it does not say or is gone."""
-    return media.head_length(ctx.event.recording_url, ctx.provider, stored.get("format"))
+    url = recording_url(ctx.provider, ctx.event.recording_sid)
+    return media.head_length(url, ctx.provider, stored.get("format"))
 
 
 @hookimpl

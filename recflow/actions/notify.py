@@ -15,6 +15,11 @@ failure; its per-service log (warnings and errors, and the DEBUG detail
 when the `apprise` logger is set to DEBUG) is turned into the step's
 error, with secrets and URL passwords masked.
 
+The attachment is named after the recording (`{sid}.wav`), made safe as
+one file name, whatever the path the stored object has. `recflow check`
+runs `check` on each notify step: every `to` URL, rendered against the
+sample event, must be one apprise can read (nothing is sent).
+
 Known shortcomings: when one of several URLs fails, the step fails and
 its retry sends again to the URLs that had succeeded. At the default log
 level apprise's reasons are terse ("Sending email to ... failed"): the
@@ -24,8 +29,10 @@ server's own reply (an SMTP 550) is only in its DEBUG records.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -38,13 +45,18 @@ from recflow.context import StepContext
 from recflow.errors import ActionError
 from recflow.hookspecs import hookimpl
 from recflow.plugins import ActionSpec
+from recflow.recording import check_recording_url
 from recflow.secrets import Redactor
+from recflow.templates import filename
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTACH = 20_000_000
 DEFAULT_TIMEOUT = 30.0
 CHUNK_SIZE = 1024 * 1024
+# What `recflow check` renders for a value only a callback or a step provides.
+_PLACEHOLDER = re.compile(r"<(params|steps)\.[^>]*>")
+_URL_PASSWORD = re.compile(r"(://[^/:@]*:)[^/@]*@")
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -87,7 +99,11 @@ def run(params: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         attachment = None
         if params.get("attach"):
             limit = int(params.get("attach_max_bytes", DEFAULT_MAX_ATTACH))
-            attachment, note = _attachment(ctx, Path(tmp), limit)
+            try:
+                attachment, note = _attachment(ctx, Path(tmp), limit)
+            except OSError as exc:
+                reason = exc.strerror or _one_line(exc)
+                raise ActionError(f"notify: cannot prepare the attachment: {reason}") from None
             body += note
         result = notifier.notify(
             body=body,
@@ -145,13 +161,15 @@ def _attachment(ctx: StepContext, tmp: Path, limit: int) -> tuple[str | None, st
         (outputs for action, outputs in reversed(ctx.previous) if action == "store"), None
     )
     fmt = (stored or {}).get("format") or "wav"
-    target = tmp / f"{ctx.event.recording_sid}.{fmt}"
+    # One plain file name in `tmp`, whatever the id or the stored path hold.
+    target = tmp / filename(f"{ctx.event.recording_sid}.{fmt}")
     where = (stored or {}).get("url") or ctx.event.recording_url
     size = (stored or {}).get("bytes")
     if isinstance(size, int) and size > limit:
         return None, _too_large(size, where)
     if stored and stored.get("url") and _copy_stored(str(stored["url"]), target, limit):
         return str(target), ""
+    check_recording_url(ctx)
     with ctx.open_media(fmt) as media:
         if media.length is not None and media.length > limit:
             return None, _too_large(media.length, where)
@@ -176,6 +194,52 @@ def _copy_stored(url: str, target: Path, limit: int) -> bool:
     return target.stat().st_size <= limit
 
 
+def check(params: Mapping[str, Any]) -> list[str]:
+    """`to` URLs that apprise cannot read: an unknown service or a malformed URL.
+
+    Only parses; nothing is sent. A URL holding a template placeholder
+    (`<params.x>`, `<steps.a.url>`) is not judged.
+    """
+    signalwire_sms.register()
+    to = params.get("to") or []
+    urls = [to] if isinstance(to, str) else [str(url) for url in to]
+    problems = []
+    for url in urls:
+        if _PLACEHOLDER.search(url) or _readable(url):
+            continue
+        scheme = url.partition("://")[0] if "://" in url else ""
+        if scheme and scheme.lower() not in _apprise_schemes():
+            problems.append(f"to: {scheme}:// is not a service apprise knows")
+        else:
+            shown = _URL_PASSWORD.sub(r"\1***@", url)
+            problems.append(f"to: apprise cannot read the URL {shown!r}; check its form")
+    return problems
+
+
+def _readable(url: str) -> bool:
+    """Whether apprise can load `url`, without its error log: the caller reports it."""
+    apprise_logger = logging.getLogger("apprise")
+    level = apprise_logger.level
+    apprise_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        return bool(apprise.Apprise().add(url))
+    finally:
+        apprise_logger.setLevel(level)
+
+
+def _apprise_schemes() -> set[str]:
+    schemes: set[str] = set()
+    for service in apprise.Apprise().details()["schemas"]:
+        for key in ("protocols", "secure_protocols"):
+            value = service.get(key) or ()
+            schemes.update(p.lower() for p in ([value] if isinstance(value, str) else value))
+    return schemes
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _too_large(size: int | None, where: str) -> str:
     amount = f" ({size / 1e6:.1f} MB)" if size is not None else ""
     return f"\n\nThe audio{amount} is too large to attach; it is at {where}"
@@ -190,5 +254,6 @@ def register_actions(register: Any) -> None:
             run=run,
             schema=SCHEMA,
             description="send email, SMS or chat through apprise, optionally with the audio",
+            check=check,
         )
     )

@@ -10,6 +10,12 @@ Re-running the step is cheap on storage: when an object of the same size
 and sha256 is already at the target, it is left untouched and the outputs
 are the same as the first time.
 
+It stores only the event's own recording: a RecordingUrl that is not
+`{api_url}/Accounts/{account}/Recordings/{sid}` is refused (see
+`recflow.recording`). `recflow check` runs `check` on each store
+step: a protocol fsspec does not know, or whose package is not installed,
+is reported before any callback arrives.
+
 Known shortcoming: that comparison reads the existing object back when the
 sizes match, which for a large object in a remote store costs a download.
 """
@@ -20,6 +26,7 @@ import hashlib
 import posixpath
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -29,10 +36,12 @@ from recflow.context import StepContext
 from recflow.errors import ActionError
 from recflow.hookspecs import hookimpl
 from recflow.plugins import ActionSpec
+from recflow.recording import check_recording_url
 from recflow.secrets import Redactor
 
 CHUNK_SIZE = 1024 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 # s3fs buffers one block per open file; its 50 MiB default costs far more
 # memory than a recording is worth. 5 MiB is S3's smallest multipart part.
 S3_BLOCK_SIZE = 5 * 1024 * 1024
@@ -55,12 +64,15 @@ def run(params: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Store the recording at `params["to"]`; outputs url, bytes, sha256, content_type."""
     to = str(params["to"])
     fmt = params.get("format") or "wav"
+    check_recording_url(ctx)
     _check_target(to)
     options = dict(params.get("storage_options") or {})
     try:
         fs, path = fsspec.core.url_to_fs(to, **options)
     except (ImportError, ValueError, TypeError) as exc:
-        raise ActionError(f"cannot use storage {_public(to)}: {exc}", permanent=True) from None
+        raise ActionError(
+            f"cannot use storage {_public(to)}: {_reason(exc)}", permanent=True
+        ) from None
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     parent = posixpath.dirname(path)
     temp = posixpath.join(parent, f".{posixpath.basename(path)}.part-{secrets.token_hex(6)}")
@@ -97,16 +109,17 @@ def run(params: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     except FileNotFoundError as exc:
         _remove(fs, temp)
         raise ActionError(
-            f"cannot store at {_public(to)}: no such bucket or directory ({exc})", permanent=True
+            f"cannot store at {_public(to)}: no such bucket or directory ({_reason(exc)})",
+            permanent=True,
         ) from None
     except PermissionError as exc:
         _remove(fs, temp)
         raise ActionError(
-            f"cannot store at {_public(to)}: access denied ({exc})", permanent=True
+            f"cannot store at {_public(to)}: access denied ({_reason(exc)})", permanent=True
         ) from None
     except OSError as exc:
         _remove(fs, temp)
-        raise ActionError(f"cannot store at {_public(to)}: {exc}") from None
+        raise ActionError(f"cannot store at {_public(to)}: {_reason(exc)}") from None
 
     ctx.logger.info(
         "store: recording %s stored at %s (%d bytes, sha256 %s)",
@@ -200,6 +213,44 @@ def _check_target(to: str) -> None:
         raise ActionError(f"store target {_public(to)} names a directory", permanent=True)
 
 
+def check(params: Mapping[str, Any]) -> list[str]:
+    """Problems with a rendered `to` that only a store attempt would otherwise find.
+
+    Each protocol of the URL (`s3`, or each link of `simplecache::s3://...`)
+    must be one fsspec knows and can load here. A protocol that a template
+    wrote (it renders as a placeholder such as `<params.x>`) is not judged.
+    """
+    to = str(params.get("to") or "")
+    links = to.split("::")
+    protocols = [link.partition("://")[0] if "://" in link else link for link in links[:-1]]
+    if "://" in links[-1]:
+        protocols.append(links[-1].partition("://")[0])
+    problems = []
+    for protocol in protocols:
+        if not _PROTOCOL.fullmatch(protocol):
+            continue
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            problems.append(
+                f"to: storage protocol {protocol!r} is unknown to fsspec;"
+                " known ones include file, s3, gs, az, sftp, memory"
+            )
+        except ImportError as exc:
+            problems.append(
+                f"to: storage protocol {protocol!r} needs a package that is not"
+                f" installed: {_reason(exc)}"
+            )
+    return problems
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for `exc`, without Python's `[Errno N]` decoration."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _public(url: str) -> str:
     """The URL without a password, as it may appear in outputs and messages."""
     parts = urlsplit(url)
@@ -218,5 +269,6 @@ def register_actions(register: Any) -> None:
             run=run,
             schema=SCHEMA,
             description="stream the recording to a file, S3 or any fsspec URL",
+            check=check,
         )
     )

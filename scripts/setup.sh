@@ -14,7 +14,8 @@ want_test=0
 # Debian packages: speech and audio tools make real recordings for the demo
 # and the tests; redis-server backs the Redis tests.
 debs=(python3-venv espeak-ng sox)
-[ "$want_test" = 1 ] && debs+=(redis-server libsox-fmt-mp3)
+# The benchmarks smoke test drives wrk and the Go webhook runner.
+[ "$want_test" = 1 ] && debs+=(redis-server libsox-fmt-mp3 wrk webhook)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

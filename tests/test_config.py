@@ -9,7 +9,7 @@ import pytest
 import yaml
 from config_util import ACTIONS, PROVIDER, marked_line, write_config
 
-from recflow import config
+from recflow import config, yaml_source
 from recflow.errors import ConfigError
 from recflow.plugins import ActionSpec, build_plugin_manager
 from recflow.templates import Compiled
@@ -509,7 +509,7 @@ LOADERS = [
 @pytest.fixture(params=LOADERS)
 def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the test with libyaml's parser and with PyYAML's own: their errors differ."""
-    monkeypatch.setattr(config, "_YamlLoader", request.param)
+    monkeypatch.setattr(yaml_source, "_YamlLoader", request.param)
 
 
 def laughs(levels: int, width: int = 8) -> str:

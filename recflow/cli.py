@@ -223,7 +223,7 @@ def _match_report(config: Any, event: Any) -> dict[str, Any]:
 @click.option("--listen", default=None, metavar="HOST:PORT", help="default: server.listen")
 @click.option(
     "--workers",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 256),
     default=None,
     help="worker threads (default: workers in the config)",
 )
@@ -248,7 +248,7 @@ def serve(
     secrets.install(secrets.Redactor(config.secrets))
     for warning in config.warnings:
         logger.warning("%s", warning)
-    sock, url = _listen_socket(listen or config.server.listen)
+    sock, url = _listen_socket(config.server.listen if listen is None else listen)
     runtime = pipeline.open_runtime(config, host)
     threads = 0 if no_worker else (config.workers if workers is None else workers)
 
@@ -287,7 +287,10 @@ def serve(
 def _listen_socket(listen: str) -> tuple[socket.socket, str]:
     """A bound socket for HOST:PORT (port 0 picks a free one) and its URL."""
     host, sep, port_text = listen.rpartition(":")
-    host = host.strip("[]")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if host.startswith("[") != host.endswith("]"):
+        host = ""
+    host = host[1:-1] if bracketed else host
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -345,7 +348,7 @@ def _open_backend(config_file: str | None) -> tuple[Config, Runtime]:
 @config_option
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 256),
     default=None,
     help="worker threads (default: workers in the config)",
 )

@@ -252,11 +252,19 @@ class _Loader:
 
     def load(self) -> Config:
         try:
-            with open(self.file, encoding="utf-8") as handle:
-                text = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
+            with open(self.file, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
             raise ConfigError(
                 f"cannot read the config file: {_reason(exc)}", file=self.file
+            ) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the file as UTF-8",
+                file=self.file,
+                line=raw.count(b"\n", 0, exc.start) + 1,
             ) from None
 
         doc = self._parse(text)
@@ -300,8 +308,8 @@ class _Loader:
         if written and mode & 0o044:
             warnings.append(
                 f"{self.file} is readable by other users (mode {mode & 0o777:o}) and holds"
-                " secrets written in it: chmod 600 it, or take them from the environment"
-                " with ${NAME}"
+                " secrets written in it (as values or as ${NAME:-default} defaults):"
+                " chmod 600 it, or set those variables in the environment"
             )
         return tuple(warnings)
 

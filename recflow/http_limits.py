@@ -110,7 +110,7 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
         logger.info("connection from %s closed: %d %s", peer, status, reason)
-        body = json.dumps({"error": reason.lower()}).encode()
+        body = json.dumps({"error": reason.lower()}, separators=(",", ":")).encode()
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

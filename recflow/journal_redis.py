@@ -457,18 +457,29 @@ class RedisJournal(Journal):
         return event
 
     def _events(self, ids: list[str]) -> list[dict[str, Any]]:
-        """The events named by `ids`, in that order, with their steps."""
-        pipe = self._redis.pipeline(transaction=False)
-        for event_id in ids:
-            pipe.hmget(self._key("event", event_id), "data", "received_at", "rules")
-            pipe.zrange(self._key("steps", event_id), 0, -1)
-        replies = pipe.execute()
-        heads, members = replies[0::2], replies[1::2]
-        pipe = self._redis.pipeline(transaction=False)
-        for names in members:
-            for name in names:
-                pipe.hgetall(self._key("step", _text(name)))
-        steps = iter(pipe.execute())
+        """The events named by `ids`, in that order, with their steps.
+
+        One consistent snapshot: the step lists are WATCHed while the steps
+        are read, so a worker finishing a step and queueing the next one
+        between the two reads (one atomic script) makes the read start
+        over, instead of showing the finished step without its successor.
+        """
+        read: dict[str, list[Any]] = {}
+
+        def snapshot(pipe: Any) -> None:
+            read["heads"] = [
+                pipe.hmget(self._key("event", event_id), "data", "received_at", "rules")
+                for event_id in ids
+            ]
+            read["members"] = [pipe.zrange(self._key("steps", event_id), 0, -1) for event_id in ids]
+            pipe.multi()
+            for names in read["members"]:
+                for name in names:
+                    pipe.hgetall(self._key("step", _text(name)))
+
+        watched = [self._key("steps", event_id) for event_id in ids]
+        steps = iter(self._redis.transaction(snapshot, *watched) or [])
+        heads, members = read["heads"], read["members"]
         events = []
         for event_id, (data_text, received_at, rules), names in zip(
             ids, heads, members, strict=True

@@ -780,3 +780,16 @@ rules:
         f"{path}:14: rules[0].when.any[1].duration.matches: duration is a number: matches"
         " tests its decimal text (94 as '94')",
     ]
+
+
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    text = PROVIDER + "# caf\u00e9  # <-\n"
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text.encode("latin-1"))
+
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(path), ACTIONS)
+
+    assert str(caught.value) == (
+        f"{path}:{marked_line(text)}: byte 0xe9 is not UTF-8 text; save the file as UTF-8"
+    )

@@ -435,3 +435,25 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_a_listing_never_shows_a_done_step_without_the_step_it_queued(journal):
+    """A reader racing a worker sees the step running, or done with its successor."""
+    events = [new_event(f"RE-race-{i}") for i in range(40)]
+    journal.record(events, NOW)
+    claims = [journal.claim(StepKey(e.id, RULE, 0), ME, 60, NOW) for e in events]
+    seen: list[list[str]] = []
+
+    def finish_all() -> None:
+        for claim in claims:
+            assert claim is not None
+            journal.succeed(claim, ME, {}, NOW + 1, ("t_echo", None))
+
+    worker = threading.Thread(target=finish_all)
+    worker.start()
+    while worker.is_alive():
+        for row in journal.list_events(limit=40):
+            seen.append([step["state"] for step in row["steps"]])
+    worker.join()
+
+    assert {tuple(states) for states in seen} <= {("running",), ("done", "queued")}

@@ -156,7 +156,10 @@ def test_serve_refuses_an_unknown_account_and_gets(config_file: Path) -> None:
     ("args", "message"),
     [
         pytest.param(["--listen", "nowhere"], "is not HOST:PORT", id="bad-listen"),
+        pytest.param(["--listen", ""], "is not HOST:PORT", id="empty-listen"),
+        pytest.param(["--listen", "[::1:8080"], "is not HOST:PORT", id="unclosed-bracket"),
         pytest.param(["--workers", "-1"], "--workers", id="negative-workers"),
+        pytest.param(["--workers", "100000"], "--workers", id="absurd-workers"),
         pytest.param(["--listen", "127.0.0.1:BUSY"], "Address already in use", id="address-in-use"),
         pytest.param(["-c", "/nonexistent/config.yaml"], "cannot read", id="missing-config"),
     ],

@@ -222,7 +222,10 @@ def run_wrk(
 def parse_wrk(report: str) -> WrkResult:
     """Requests, rate, p99 and errors from wrk's `--latency` report."""
     sent = int(re.search(r"(\d+) requests in", report).group(1))  # type: ignore[union-attr]
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", report).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", report)
+    if found is None:
+        raise RuntimeError(f"wrk printed no rate:\n{report}")
+    rate = float(found.group(1))
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", report, re.MULTILINE)
     p99_ms = float(p99.group(1)) * _UNITS[p99.group(2)] if p99 else float("nan")
     errors = 0

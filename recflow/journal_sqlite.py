@@ -208,11 +208,11 @@ class SqliteJournal(Journal):
                 sql = "insert into journal_events values " + _rows(len(new_events), 7)  # noqa: S608
                 conn.execute(sql, event_rows)
             if step_rows:
-                sql = (
-                    "insert into journal_steps (event_id, rule, rule_pos, step_id, action,"  # noqa: S608
-                    " next_at, updated_at, idx, state) values "
-                    + _rows(len(step_rows) // 7, 7, "0, 'queued'")
+                columns = (
+                    "event_id, rule, rule_pos, step_id, action, next_at, updated_at, idx, state"
                 )
+                marks = _rows(len(step_rows) // 7, 7, "0, 'queued'")
+                sql = f"insert into journal_steps ({columns}) values {marks}"  # noqa: S608
                 conn.execute(sql, step_rows)
             if queue is not None:
                 queue.put_many_in(conn, first_step_keys(events, fresh))

@@ -126,7 +126,8 @@ class _SqliteStorage(SqliteStorage):
             return
         values = [value for blob in blobs for value in (self.name, self.to_blob(blob))]
         marks = ", ".join(["(?, ?, 0)"] * len(blobs))  # parameter marks only
-        cursor.execute("insert into task (queue, data, priority) values " + marks, values)  # noqa: S608
+        sql = "insert into task (queue, data, priority) values " + marks  # noqa: S608
+        cursor.execute(sql, values)
 
 
 class _RedisStorage(RedisStorage):

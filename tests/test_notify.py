@@ -117,7 +117,9 @@ def test_fetched_audio_over_the_limit_is_not_attached(
     assert notify.run(params, step_context(emulator, SID)) == {"sent": 1}
     (message,) = handler.messages
     assert attachments(message) == {}
-    assert emulator.recording_url(SID) in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    body = message.get_body(("plain",))
+    assert body is not None
+    assert emulator.recording_url(SID) in body.get_content()
 
 
 def test_smtp_refusal_fails_with_the_reason(

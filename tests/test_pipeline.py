@@ -51,7 +51,11 @@ class Seen:
         self.received.append((event.id, rules))
 
 
-def test_new_event_is_recorded_with_first_steps_queued(tmp_path, runtimes, backend_url):  # noqa: F811
+def test_new_event_is_recorded_with_first_steps_queued(
+    tmp_path,
+    runtimes,
+    backend_url,  # noqa: F811
+):
     rules = (
         rule("archive", step("t_append", {"file": "a"}), step("t_append", {"file": "b"})),
         rule("mail", step("t_echo", {}, id="echo")),

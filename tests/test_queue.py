@@ -94,7 +94,9 @@ def test_journal_commit_goes_on_when_its_tasks_cannot_be_written(
     ]
 
 
-def test_record_and_enqueue_queues_first_steps_of_new_events_only(backend_url: str) -> None:  # noqa: F811
+def test_record_and_enqueue_queues_first_steps_of_new_events_only(
+    backend_url: str,  # noqa: F811
+) -> None:
     backend = parse_backend(backend_url)
     queue = StepQueue(backend)
     queue.flush()

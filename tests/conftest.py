@@ -17,3 +17,4 @@ if _PLUGINS.is_dir() and str(_PLUGINS) not in sys.path:
     )
 
 from emulator import emulator, emulator_server, moto_s3  # noqa: E402, F401
+from mail_util import mailbox  # noqa: E402, F401

@@ -3,65 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import email
-import email.policy
-import socket
-from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from aiosmtpd.controller import Controller
 from emulator import ACCOUNT, TOKEN, Emulator, audio, step_context
+from mail_util import Mailbox, attachments, free_port
 
 from recflow.actions import notify, store
 from recflow.errors import ActionError
 
 SID = "11112222-1111-4222-8333-944455556666"
-
-
-class Mailbox:
-    """An aiosmtpd handler that keeps what it accepts, or refuses with `refuse`."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.refuse: str | None = None
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.refuse:
-            return self.refuse
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append(message)  # type: ignore[arg-type]
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, str]]:
-    """A real SMTP server on 127.0.0.1; yields it and an apprise mailto:// URL for it."""
-    handler = Mailbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    url = f"mailto://127.0.0.1:{port}?mode=insecure&from=recflow@example.com&to=ops@example.com"
-    try:
-        yield handler, url
-    finally:
-        controller.stop()
-
-
-def attachments(message: EmailMessage) -> dict[str, bytes]:
-    return {
-        part.get_filename() or "": part.get_content()
-        for part in message.iter_attachments()  # type: ignore[attr-defined]
-    }
 
 
 def test_email_with_the_stored_audio_attached(

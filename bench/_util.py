@@ -11,10 +11,7 @@ emulator of the tests in its own process, serving COUNT recordings
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
 import os
 import re
 import signal
@@ -136,14 +133,11 @@ def callback_pairs(recording: str, status: str = "completed") -> list[tuple[str,
 
 
 def sign_form(url: str, pairs: Sequence[tuple[str, str]], key: str = TOKEN) -> str:
-    """Twilio's form signature: base64 HMAC-SHA1 over the URL and the sorted pairs.
+    """Twilio's form signature, by recflow's own signer (tens of thousands are
+    needed before each run); `check_signer` holds it against Twilio's library."""
+    from recflow.verify import form_signature
 
-    Written out here because tens of thousands are needed before each run;
-    `check_signer` compares it once with Twilio's own library.
-    """
-    text = url + "".join(name + value for name, value in sorted(pairs))
-    digest = hmac.new(key.encode(), text.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
+    return form_signature(url, pairs, key)
 
 
 def check_signer(url: str) -> None:

@@ -33,10 +33,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-ACCOUNT = "AC" + "b" * 32
-TOKEN = "bench_auth_token"
-PATH = "/recordings"
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import (  # noqa: E402
+    ACCOUNT,
+    TOKEN,
+    callback_pairs,
+    check_signer,
+    run_wrk,
+    sign_form,
+    write_signed_bodies,
+)
+from _util import CALLBACK_PATH as PATH  # noqa: E402
 
 # -- the server side ----------------------------------------------------------
 
@@ -154,43 +161,12 @@ def _wait_healthy(base: str) -> None:
 
 
 def _signed(url: str, recording: str) -> tuple[bytes, dict[str, str]]:
-    from twilio.request_validator import RequestValidator
-
-    pairs = {
-        "AccountSid": ACCOUNT,
-        "CallSid": "CA" + "c" * 32,
-        "RecordingSid": recording,
-        "RecordingUrl": f"http://127.0.0.1:9/2010-04-01/Accounts/{ACCOUNT}/Recordings/{recording}",
-        "RecordingStatus": "completed",
-        "RecordingDuration": "12",
-    }
-    signature = RequestValidator(TOKEN).compute_signature(url, pairs)
+    pairs = callback_pairs(recording)
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
-        "X-Twilio-Signature": signature,
+        "X-Twilio-Signature": sign_form(url, pairs),
     }
     return urlencode(pairs).encode(), headers
-
-
-_WRK_SCRIPT = """
-local requests, counter = {}, 0
-function setup(thread)
-  thread:set("id", setup_count or 0)
-  setup_count = (setup_count or 0) + 1
-end
-function init(args)
-  for line in io.lines(args[1] .. "/requests-" .. id .. ".txt") do
-    local signature, body = line:match("([^\t]*)\t(.*)")
-    table.insert(requests, {signature, body})
-  end
-end
-function request()
-  counter = counter + 1
-  local r = requests[(counter - 1) % #requests + 1]
-  return wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded",
-    ["X-Twilio-Signature"] = r[1]}, r[2])
-end
-"""
 
 
 def _rate(mode: str, directory: Path, backend: str | None, args: argparse.Namespace) -> float:
@@ -198,27 +174,20 @@ def _rate(mode: str, directory: Path, backend: str | None, args: argparse.Namesp
     work = directory / mode
     work.mkdir()
     config = _write_config(work, backend)
-    script = work / "signed.lua"
-    script.write_text(_WRK_SCRIPT)
     with _server(mode, config) as url:
-        per_thread = args.requests // args.threads
-        for thread in range(args.threads):
-            with open(work / f"requests-{thread}.txt", "w", encoding="ascii") as out:
-                for i in range(per_thread):
-                    body, headers = _signed(url, f"RE-{mode}-{thread}-{i:07d}")
-                    out.write(f"{headers['X-Twilio-Signature']}\t{body.decode()}\n")
-        result = subprocess.run(
-            ["wrk", f"-t{args.threads}", f"-c{args.concurrency}", f"-d{args.seconds}s",
-             "-s", str(script), url, "--", str(work)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-    report = result.stdout
-    if "Non-2xx" in report:
-        raise SystemExit(f"the {mode} server refused callbacks:\n{report}")
-    sent = int(report.split(" requests in ")[0].split()[-1])
-    if sent > args.requests:
-        print(f"  ({mode}: {sent} sent, more than the {args.requests} prepared: raise --requests)")
-    return float(report.split("Requests/sec:")[1].split()[0])
+        check_signer(url)
+        write_signed_bodies(url, mode, args.requests, args.threads, work)
+        result = run_wrk(
+            url, work, seconds=args.seconds, threads=args.threads, connections=args.concurrency
+        )
+    if result.errors:
+        raise SystemExit(f"the {mode} server refused callbacks:\n{result.report}")
+    if result.requests > args.requests:
+        print(
+            f"  ({mode}: {result.requests} sent, more than the {args.requests} prepared:"
+            " raise --requests)"
+        )
+    return result.rate
 
 
 def _latency(directory: Path, backend: str | None, count: int) -> list[float]:
@@ -233,7 +202,7 @@ def _latency(directory: Path, backend: str | None, count: int) -> list[float]:
     (directory / "work").mkdir()
     config = _write_config(directory / "work", backend)
     done_file = directory / "work" / "done.txt"
-    recordings = [f"RE-lat-{i:05d}" for i in range(count)]
+    recordings = [f"RElat{i:05d}" for i in range(count)]
     acked: dict[str, float] = {}
     with _server("work", config) as url, httpx.Client(trust_env=False) as client:
         for recording in recordings:

@@ -30,6 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+from _util import free_port  # noqa: E402
 
 SID = "bench-0000-4000-8000-000000000000"
 
@@ -98,12 +100,6 @@ def run_child(mode: str, api_url: str, target: str, options: dict[str, Any]) -> 
         raise SystemExit(f"{mode} transfer failed:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], dict[str, Any]]:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from port_util import free_port
 
 SKIP_REASON = "redis-server not installed (apt-get install redis-server)"
 
@@ -73,7 +73,7 @@ def start_redis(
     own_directory = directory is None
     directory = Path(directory or tempfile.mkdtemp(prefix="recflow-redis-"))
     for _ in range(1 if port else 5):  # the free port may be taken before the start
-        port = port or _free_port()
+        port = port or free_port()
         process = subprocess.Popen(
             [
                 binary,
@@ -114,12 +114,6 @@ def redis_url(redis_server: RedisServer) -> str:
     """The URL of an empty Redis database."""
     redis_server.flush()
     return redis_server.url
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:

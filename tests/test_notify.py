@@ -9,7 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 from emulator import ACCOUNT, TOKEN, Emulator, audio, step_context
-from mail_util import Mailbox, attachments, free_port
+from mail_util import Mailbox, attachments
+from port_util import free_port
 
 from recflow.actions import notify, store
 from recflow.errors import ActionError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import subprocess
 import sys
 import wave
@@ -13,6 +12,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 from emulator import serve_app
+from port_util import free_port
 from serve_util import running_server
 
 from recflow import trigger, verify
@@ -23,12 +23,6 @@ from recflow.media import open_media
 ACCOUNT = "b3877c40-da60-4998-90ad-b792e98472af"
 TOKEN = "PT-trigger-token"
 KEY = "PSK_trigger_key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_config(kind: str = "signalwire", port: int = 9, **server: object) -> Config:

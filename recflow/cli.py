@@ -7,6 +7,7 @@ and nowhere else. Logging handlers are configured here only.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -48,14 +49,19 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    from recflow.log_output import BatchingStreamHandler
+    from recflow.log_output import BatchingStreamHandler, LineFormatter
 
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        # Written at once, batched only at high rates (see recflow.log_output).
-        handlers=[BatchingStreamHandler(sys.stderr)],
-    )
+    # The format below uses none of these; not collecting them saves the
+    # receiver a few system calls and frame walks per log line (the
+    # "Optimization" section of the logging HOWTO).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # noqa: SLF001 - documented there as the switch
+    # Written at once, batched only at high rates (see recflow.log_output).
+    handler = BatchingStreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # httpx logs every request at INFO; the actions log their own outcome.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
@@ -249,7 +255,7 @@ def serve(
     for warning in config.warnings:
         logger.warning("%s", warning)
     sock, url = _listen_socket(config.server.listen if listen is None else listen)
-    runtime = pipeline.open_runtime(config, host)
+    runtime = pipeline.open_runtime(config, host, commit_process=True)
     threads = 0 if no_worker else (config.workers if workers is None else workers)
 
     @contextlib.asynccontextmanager
@@ -279,6 +285,10 @@ def serve(
         )
     )
     click.echo(f"recflow listening on {url}{config.server.path} ({threads} workers)")
+    # What is loaded now (modules, config, compiled rules) lives as long as
+    # the process: kept out of the cyclic collector's full passes, which
+    # otherwise walk it all again and again under load.
+    gc.freeze()
     server.run(sockets=[sock])
     if not server.started:
         raise click.ClickException("the server did not start; see the log above")

@@ -73,14 +73,12 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; `start_time` as ISO 8601."""
-        out: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif field.name == "params":
-                value = dict(value)
-            out[field.name] = value
+        # The receiver calls this for every callback: field names are looked
+        # up once (`_FIELD_NAMES`), not through `dataclasses.fields` each time.
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
+        if isinstance(out["start_time"], datetime):
+            out["start_time"] = out["start_time"].isoformat()
+        out["params"] = dict(out["params"])
         return out
 
     @classmethod
@@ -91,6 +89,9 @@ class Event:
             values["start_time"] = datetime.fromisoformat(values["start_time"])
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Event))
 
 
 def event_id(account_sid: str, recording_sid: str, status: str) -> str:

@@ -1,15 +1,20 @@
-"""Limits uvicorn's HTTP protocol lacks: a header deadline and a header size cap.
+"""Limits uvicorn's HTTP protocol lacks: a request deadline and a header size cap.
 
-uvicorn waits forever for a request's headers once a connection opened
-(its keep-alive timeout only runs between requests), and its httptools
-parser keeps any amount of header bytes. A client that opens connections
-and sends a header byte now and then, or megabytes of headers, would hold
-the server's memory and sockets. `protocol_class(timeout)` returns the
-httptools protocol with both limits: the request line and headers must
-arrive within `timeout` seconds of the connection (or of the end of the
-previous request) and stay under `MAX_HEADER_BYTES`; else the connection
-gets a 408 or 431 and is closed. The body has its own deadline in
-`recflow.receive`.
+uvicorn waits forever for a request once a connection opened (its
+keep-alive timeout only runs between requests), and its httptools parser
+keeps any amount of header bytes. A client that opens connections and
+sends a byte now and then, or megabytes of headers, would hold the
+server's memory and sockets. `protocol_class(timeout)` returns the
+httptools protocol with both limits: a request, head and body, must arrive
+whole within `timeout` seconds of its first byte (or of the connection)
+and its head must stay under `MAX_HEADER_BYTES`; else the connection gets
+a 408 or 431 and is closed.
+
+The deadline lives here rather than in the app, because one timer per
+request in the protocol costs far less than an `asyncio.timeout` around
+the app's body read. When it cuts a body short, it marks the request's
+scope with `TIMED_OUT`, so that the app, whose read then ends, logs the
+408 under its request id.
 
 Known shortcoming: this builds on uvicorn's `HttpToolsProtocol` and its
 parser callbacks, which are not a public API; a uvicorn upgrade that
@@ -32,18 +37,22 @@ logger = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 32 * 1024
 
 
+# The scope key set on a request whose body the deadline cut short.
+TIMED_OUT = "recflow.timed_out"
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request we refuse."""
 
 
 class _GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol with a deadline and a size cap on each request's head."""
+    """HttpToolsProtocol with a deadline on each request and a size cap on its head."""
 
     header_timeout: float = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_deadline: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._refusal: tuple[int, str] | None = None
 
@@ -79,9 +88,9 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._count(len(name) + len(value))
         super().on_header(name, value)
 
-    def on_headers_complete(self) -> None:
+    def on_message_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        super().on_message_complete()
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -91,17 +100,27 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused(self._refusal[1])
 
     def _arm(self) -> None:
-        if self._head_deadline is None:
-            self._head_deadline = self.loop.call_later(self.header_timeout, self._expire)
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.header_timeout, self._expire)
 
     def _disarm(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _expire(self) -> None:
-        self._head_deadline = None
+        self._deadline = None
         self._refusal = (408, "Request Timeout")
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and cycle.scope is getattr(self, "scope", None):
+            # The head arrived, the body did not.
+            if cycle.response_started:
+                # Answered already (a 413 from Content-Length, say) while the
+                # body never came: no second answer, just let go.
+                self.transport.close()
+                return
+            # The app is reading this request's body: let it say why it ends.
+            cycle.scope[TIMED_OUT] = True  # type: ignore[index]
         self._answer(*self._refusal)
 
     def _answer(self, status: int, reason: str) -> None:

@@ -9,9 +9,10 @@ receive path.
 
 `BatchingStreamHandler` writes each record at once, like `StreamHandler`,
 as long as records come slowly (at most `burst` in an `interval`), and
-always for WARNING and above. Past that rate, it keeps the formatted lines
-and a writer thread writes them together every `interval` seconds, in one
-call, in the order they were logged. Records are formatted (and masked, by
+always for WARNING and above. Past that rate, or while the writer thread
+is writing, it keeps the formatted lines and the writer thread writes them
+together every `interval` seconds, in one call, in the order they were
+logged. Records are formatted (and masked, by
 the filters) in the thread that logs them, as before.
 
 Known shortcoming: under load, lines not yet written when the process is
@@ -31,7 +32,7 @@ class BatchingStreamHandler(logging.StreamHandler):
     """A stream handler that batches its writes when records come fast."""
 
     def __init__(
-        self, stream: TextIO | None = None, *, interval: float = 0.1, burst: int = 20
+        self, stream: TextIO | None = None, *, interval: float = 0.1, burst: int = 5
     ) -> None:
         super().__init__(stream)
         self.interval = interval
@@ -60,16 +61,24 @@ class BatchingStreamHandler(logging.StreamHandler):
                 self._window_start, self._window_count = now, 0
             self._window_count += 1
             at_once = self._window_count <= self.burst or record.levelno >= logging.WARNING
-        if at_once:
-            self.flush()
+        # An INFO line does not wait while the writer thread writes: that
+        # would stall the event loop, and the writer takes it next time.
+        if at_once and self._io.acquire(blocking=record.levelno >= logging.WARNING):
+            try:
+                self._write_kept()
+            finally:
+                self._io.release()
 
     def flush(self) -> None:
         """Write every line kept so far."""
         with self._io:
-            with self._kept:
-                lines, self._lines = self._lines, []
-            if not lines or self.stream is None:
-                return
+            self._write_kept()
+
+    def _write_kept(self) -> None:
+        """Write the kept lines; the caller holds `_io`."""
+        with self._kept:
+            lines, self._lines = self._lines, []
+        if lines and self.stream is not None:
             try:
                 self.stream.write("".join(lines))
                 if hasattr(self.stream, "flush"):
@@ -93,3 +102,26 @@ class BatchingStreamHandler(logging.StreamHandler):
         while not self._stop.wait(self.interval):
             if self._lines:
                 self.flush()
+
+
+class LineFormatter(logging.Formatter):
+    """A `logging.Formatter` that renders each second's timestamp once.
+
+    `formatTime` runs `time.strftime` for every record; under load, the
+    receiver logs thousands of lines within the same second.
+    """
+
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            # One tuple, replaced whole: a thread reading it sees either.
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            cached = self._second = (second, stamp)
+        return f"{cached[1]},{int(record.msecs):03d}"

@@ -18,11 +18,18 @@ A submission waits on a plain asyncio future of its own event loop; the
 committer resolves a whole group with one `call_soon_threadsafe` per loop,
 which costs the event loop far less than a `concurrent.futures.Future`
 per callback (a lock and a condition each) wrapped for asyncio.
+
+`recflow serve` commits from a process of its own instead of a thread
+(`commit_process=True`, see `recflow.commit_process`): the submissions of
+one turn of the event loop go to it in one frame, and its answers come
+back the same way. Tests and embedders that build a `Pipeline` themselves
+get the committer thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import queue as queue_module
@@ -31,6 +38,7 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple, TypeAlias
 
+from recflow.commit_process import Answer, CommitProcess
 from recflow.config import Config, RuleConfig
 from recflow.errors import BackendError
 from recflow.event import Event
@@ -62,16 +70,37 @@ _Outcome: TypeAlias = bool | BackendError
 class Pipeline:
     """Commits accepted callbacks to the backend; what the receiver calls."""
 
-    def __init__(self, journal: Journal, queue: StepQueue, host: PluginHost) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        queue: StepQueue,
+        host: PluginHost,
+        *,
+        commit_process: tuple[str, str] | None = None,
+    ) -> None:
+        """`commit_process`: (backend URL, base dir) to commit from a child process."""
         self.journal = journal
         self.queue = queue
         self.host = host
         self._pending: queue_module.SimpleQueue[_Submission | None] = queue_module.SimpleQueue()
         self._closed = False
-        self._committer = threading.Thread(
-            target=self._commit_loop, name="recflow-committer", daemon=True
-        )
-        self._committer.start()
+        self._committer: threading.Thread | None = None
+        self._process: CommitProcess | None = None
+        # For the process: submissions sent and not answered, by number, and
+        # those of this turn of the event loop, not sent yet.
+        self._numbers = itertools.count()
+        self._waiting: dict[int, _Submission] = {}
+        self._outbox: list[tuple[int, NewEvent]] = []
+        self._outbox_lock = threading.Lock()
+        self._loop_cache: tuple[int, asyncio.AbstractEventLoop] | None = None
+        if commit_process is not None:
+            backend, base_dir = commit_process
+            self._process = CommitProcess(backend, base_dir, self._answered, self._lost)
+        else:
+            self._committer = threading.Thread(
+                target=self._commit_loop, name="recflow-committer", daemon=True
+            )
+            self._committer.start()
 
     async def submit(self, event: Event, rules: Sequence[RuleConfig]) -> bool:
         """Record `event` and the first step of each rule; True if it is new.
@@ -91,16 +120,36 @@ class Pipeline:
                 (rule.name, rule.steps[0].action, rule.steps[0].id) for rule in rules if rule.steps
             ),
         )
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._pending.put(_Submission(record, loop, future))
+        if self._process is None:
+            self._pending.put(_Submission(record, loop, future))
+        else:
+            self._post(_Submission(record, loop, future))
         fresh = await future
-        if fresh:
+        observers = self.host.hook.event_received
+        if fresh and observers.get_hookimpls():  # a call costs even with no plugin
             try:
-                self.host.hook.event_received(event=event, rules=list(record.rules))
+                observers(event=event, rules=list(record.rules))
             except Exception as exc:  # an observer must not lose the callback
                 logger.error("hook event_received raised, ignored: %s", exc)
         return fresh
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """`asyncio.get_running_loop()`, without its system call each time.
+
+        On Python 3.11 it calls getpid() to detect a fork, which under load
+        cost as much as building the event record. A loop cached for this
+        thread that is running is the running one: a thread runs one loop
+        at a time.
+        """
+        ident = threading.get_ident()
+        cached = self._loop_cache
+        if cached is not None and cached[0] == ident and cached[1].is_running():
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        self._loop_cache = (ident, loop)
+        return loop
 
     async def healthy(self) -> bool:
         """True when the journal answers."""
@@ -112,7 +161,15 @@ class Pipeline:
         """Commit what was submitted, then stop the committer."""
         if not self._closed:
             self._closed = True
+            if self._process is not None:
+                self._flush()
+                self._process.close()
+                with self._outbox_lock:
+                    unanswered, self._waiting = list(self._waiting.values()), {}
+                _answer(unanswered, [BackendError("the pipeline is closed") for _ in unanswered])
+                return
             self._pending.put(None)
+            assert self._committer is not None
             self._committer.join()
             # A submit that passed its check as close began is refused, not left waiting.
             late: list[_Submission] = []
@@ -121,6 +178,60 @@ class Pipeline:
                 if item is not None:
                     late.append(item)
             _answer(late, [BackendError("the pipeline is closed") for _ in late])
+
+    # -- committing from a child process ----------------------------------------
+
+    def _post(self, submission: _Submission) -> None:
+        """Queue a submission for the frame sent at the end of this loop turn."""
+        number = next(self._numbers)
+        with self._outbox_lock:
+            self._waiting[number] = submission
+            self._outbox.append((number, submission.event))
+            first = len(self._outbox) == 1
+        if first:
+            # After every callback this turn has ready: they share the frame.
+            submission.loop.call_soon(self._flush, submission.loop)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        with self._outbox_lock:
+            items, self._outbox = self._outbox, []
+        if not items:
+            return
+        assert self._process is not None
+        try:
+            self._process.send(items, loop)
+        except BackendError as exc:
+            logger.error("cannot send %d callbacks to the commit process: %s", len(items), exc)
+            self._lost([number for number, _ in items], str(exc))
+
+    def _answered(self, answers: list[tuple[int, Answer]]) -> None:
+        """The commit process's answers, in the event loop that reads them."""
+        group: list[_Submission] = []
+        outcomes: list[_Outcome] = []
+        errors: dict[str, int] = {}
+        with self._outbox_lock:
+            for number, answer in answers:
+                submission = self._waiting.pop(number, None)
+                if submission is None:
+                    continue
+                group.append(submission)
+                if isinstance(answer, bool):
+                    outcomes.append(answer)
+                else:
+                    outcomes.append(BackendError(answer))
+                    errors[answer] = errors.get(answer, 0) + 1
+        for message, count in errors.items():
+            logger.error("cannot commit %d callbacks: %s", count, message)
+        if True in outcomes:
+            self.queue.wakeup.set()
+        _answer(group, outcomes, here=self._process.loop if self._process else None)
+
+    def _lost(self, numbers: list[int], reason: str) -> None:
+        with self._outbox_lock:
+            lost = [s for n in numbers if (s := self._waiting.pop(n, None)) is not None]
+        _answer(lost, [BackendError(reason) for _ in lost])
+
+    # -- committing from a thread ------------------------------------------------
 
     def _commit_loop(self) -> None:
         previous = 1
@@ -163,12 +274,23 @@ class Pipeline:
         _answer(group, fresh)
 
 
-def _answer(group: Sequence[_Submission], outcomes: Sequence[_Outcome]) -> None:
-    """Hand each submission its outcome, in one call per event loop."""
+def _answer(
+    group: Sequence[_Submission],
+    outcomes: Sequence[_Outcome],
+    here: asyncio.AbstractEventLoop | None = None,
+) -> None:
+    """Hand each submission its outcome, in one call per event loop.
+
+    `here` is the loop running this call, if any: its futures are resolved
+    at once rather than through a thread-safe wake-up.
+    """
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], _Outcome]]] = {}
     for submission, outcome in zip(group, outcomes, strict=True):
         by_loop.setdefault(submission.loop, []).append((submission.future, outcome))
     for loop, items in by_loop.items():
+        if loop is here:
+            _settle(items)
+            continue
         try:
             loop.call_soon_threadsafe(_settle, items)
         except RuntimeError:
@@ -198,12 +320,18 @@ class Runtime:
         lease: float = 60.0,
         recovery_interval: float = 30.0,
         recovery_grace: float = 30.0,
+        commit_process: bool = False,
     ) -> None:
         base_dir = os.path.dirname(os.path.abspath(config.path)) if config.path else "."
         backend = parse_backend(config.backend, base_dir)
         self.queue = StepQueue(backend)
         self.journal = open_journal(backend)
-        self.pipeline = Pipeline(self.journal, self.queue, host)
+        self.pipeline = Pipeline(
+            self.journal,
+            self.queue,
+            host,
+            commit_process=(config.backend, base_dir) if commit_process else None,
+        )
         self.owner = Owner.current()
         self.runner = StepRunner(config, host, self.journal, self.queue, self.owner, lease)
         self.workers = WorkerPool(
@@ -225,11 +353,14 @@ class Runtime:
         self.journal.close()
 
 
-def open_runtime(config: Config, host: PluginHost, **options: float) -> Runtime:
+def open_runtime(
+    config: Config, host: PluginHost, *, commit_process: bool = False, **options: float
+) -> Runtime:
     """Open the backend of `config` for the receiver and the workers.
 
-    `options` tune leases and recovery (`lease`, `recovery_interval`,
-    `recovery_grace`, in seconds); the defaults suit production.
-    Raises `BackendError` when the backend cannot be opened.
+    `commit_process` commits accepted callbacks from a child process (what
+    `recflow serve` does); `options` tune leases and recovery (`lease`,
+    `recovery_interval`, `recovery_grace`, in seconds); the defaults suit
+    production. Raises `BackendError` when the backend cannot be opened.
     """
-    return Runtime(config, host, **options)
+    return Runtime(config, host, commit_process=commit_process, **options)

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 SIGNATURE_HEADERS = ("x-signalwire-signature", "x-twilio-signature")
+_SIGNATURE_HEADER_BYTES = tuple(name.encode() for name in SIGNATURE_HEADERS)
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -91,7 +92,27 @@ def is_valid(
     signed. `form_pairs` are the decoded body pairs of a form, every
     repetition kept, in any order.
     """
-    signatures = _signatures(headers)
+    return signatures_valid(url, _signatures(headers), content_type, raw_body, form_pairs, keys)
+
+
+def signature_values(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The non-blank signature header values of an ASGI scope's raw headers."""
+    found = []
+    for name, value in raw_headers:
+        if name.lower() in _SIGNATURE_HEADER_BYTES and (text := value.decode("latin-1").strip()):
+            found.append(text)
+    return found
+
+
+def signatures_valid(
+    url: str,
+    signatures: list[str],
+    content_type: str | None,
+    raw_body: bytes,
+    form_pairs: list[tuple[str, str]] | None,
+    keys: Iterable[str],
+) -> bool:
+    """`is_valid`, for signature values already taken from the headers."""
     keys = [key for key in keys if key]
     if not signatures or not keys:
         return False
@@ -139,39 +160,26 @@ def _body_hash_matches(url: str, raw_body: bytes) -> bool:
 
 
 def _sorted_params(pairs: Iterable[tuple[str, str]], *, dedupe: bool) -> str:
-    grouped: dict[str, list[str]] = {}
-    for name, value in pairs:
-        grouped.setdefault(name, []).append(value)
-    return _joined(grouped, dedupe=dedupe)
+    ordered = sorted(set(pairs) if dedupe else pairs)
+    return "".join([name + value for name, value in ordered])
 
 
 def _form_suffixes(pairs: Iterable[tuple[str, str]]) -> list[str]:
     """The sorted-parameter texts a signer may have appended, sorted, distinct.
 
-    Grouped once; the deduplicated text is built only when some name repeats
-    a value, since otherwise it equals the plain one.
+    Sorting the (name, value) pairs orders names, then each name's values,
+    as the scheme does. The deduplicated text is built only when a pair
+    repeats, since otherwise it equals the plain one.
     """
-    grouped: dict[str, list[str]] = {}
-    for name, value in pairs:
-        grouped.setdefault(name, []).append(value)
-    plain = _joined(grouped, dedupe=False)
-    if all(len(values) == len(set(values)) for values in grouped.values()):
+    pairs = list(pairs)
+    plain = _sorted_params(pairs, dedupe=False)
+    if len(set(pairs)) == len(pairs):
         return [plain]
-    return sorted({plain, _joined(grouped, dedupe=True)})
-
-
-def _joined(grouped: dict[str, list[str]], *, dedupe: bool) -> str:
-    parts: list[str] = []
-    for name in sorted(grouped):
-        values = set(grouped[name]) if dedupe else grouped[name]
-        parts.extend(name + value for value in sorted(values))
-    return "".join(parts)
+    return sorted({plain, _sorted_params(pairs, dedupe=True)})
 
 
 def _b64_hmac(key: str, message: str) -> str:
-    # Not hmac.digest, though faster alone: that lets go of the GIL, and in
-    # the receiver's event loop taking it back can wait on the committer.
-    digest = hmac.new(key.encode(), message.encode(), hashlib.sha1).digest()
+    digest = hmac.digest(key.encode(), message.encode(), "sha1")
     return base64.b64encode(digest).decode("ascii")
 
 

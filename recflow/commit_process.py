@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import operator
-import os
 import pickle
 import select
 import signal
@@ -94,6 +94,7 @@ class CommitProcess:
         self._buffer = bytearray()
         self._sent: set[int] = set()
         self._closed = False
+        self._starts = 0
         self._start()
 
     def send(
@@ -154,13 +155,8 @@ class CommitProcess:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
         command = [sys.executable, "-m", "recflow.commit_process", str(theirs.fileno())]
         command += [self.backend, self.base_dir]
-        # The child imports this very recflow, wherever it was imported from.
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         try:
-            child = subprocess.Popen(
-                command, pass_fds=[theirs.fileno()], env={**os.environ, "PYTHONPATH": path}
-            )
+            child = subprocess.Popen(command, pass_fds=[theirs.fileno()])
         except OSError as exc:
             ours.close()
             raise BackendError(f"cannot start the commit process: {exc}") from exc
@@ -179,6 +175,11 @@ class CommitProcess:
             raise BackendError(f"the commit process did not start: {hello or 'it exited'}")
         self._child, self._sock = child, ours
         self._buffer.clear()
+        self._starts += 1
+        if self._starts > 1:
+            logger.warning("commit process restarted: pid %d", child.pid)
+        else:
+            logger.info("commit process started: pid %d", child.pid)
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -345,6 +346,9 @@ def serve(sock: socket.socket, backend_url: str, base_dir: str) -> None:
         sock.sendall(_frame(str(exc)))
         return
     sock.sendall(_frame(_READY))
+    # What is loaded now lives as long as the process: out of the cyclic
+    # collector's full passes (as `recflow serve` does for itself).
+    gc.freeze()
     previous = 1
     while (first := _read_frame(sock)) is not None:
         items = _gather(sock, _events(first), previous)

@@ -25,6 +25,7 @@ a 503 the provider retries), and the next submission starts a new child.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -107,17 +108,23 @@ class CommitProcess:
         """
         if self._closed:
             raise BackendError("the pipeline is closed")
-        if self._sock is None:
-            self._start()
-        assert self._sock is not None
-        if loop is not None and self._loop is not loop:
-            self._attach(loop)
         # Plain tuples: they pickle in a fraction of the time a dataclass takes.
         frame = _frame([(number, _fields_of(event)) for number, event in items])
-        try:
-            self._sock.sendall(frame)
-        except OSError as exc:
-            raise BackendError(f"the commit process is gone: {exc}") from exc
+        for attempt in (1, 2):
+            if self._sock is None:
+                self._start()
+            assert self._sock is not None
+            if loop is not None and self._loop is not loop:
+                self._attach(loop)
+            try:
+                self._sock.sendall(frame)
+                break
+            except OSError as exc:
+                # Dead before the loop read its end of the socket: what it was
+                # sent earlier is lost, these are not; a new child takes them.
+                self._gone(f"the commit process is gone: {exc}")
+                if attempt == 2:
+                    raise BackendError(f"the commit process is gone: {exc}") from exc
         self._sent.update(number for number, _ in items)
 
     @property
@@ -230,6 +237,10 @@ class CommitProcess:
         sock, child = self._sock, self._child
         self._sock = self._child = None
         if sock is not None:
+            # Answers it wrote before it died still count.
+            with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, ValueError):
+                while data := sock.recv(_BUFFER, socket.MSG_DONTWAIT):
+                    self._take(data)
             sock.close()
         status = None
         if child is not None:

@@ -48,6 +48,18 @@ class BatchingStreamHandler(logging.StreamHandler):
         )
         self._writer.start()
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter, then emit without `logging.Handler`'s lock.
+
+        `emit` guards what it shares with locks of its own; the handler's
+        lock around it would make an INFO line from the event loop wait
+        behind a WARNING from another thread that waits for the writer.
+        """
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator

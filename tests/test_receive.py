@@ -19,10 +19,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serve_util import signed_form
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -30,10 +32,10 @@ from twilio.request_validator import RequestValidator
 
 from recflow import hookimpl
 from recflow.config import Config, ProviderConfig, RuleConfig, ServerConfig
-from recflow.errors import BackendError, ConfigError
+from recflow.errors import BackendError, ConfigError, RequestError
 from recflow.event import Event
 from recflow.plugins import build_plugin_manager
-from recflow.receive import MAX_PARAMS, create_app
+from recflow.receive import MAX_PARAMS, _parse_pairs, create_app
 from recflow.rules import compile_when
 from recflow.verify import json_signature
 
@@ -644,3 +646,72 @@ def test_plugin_route_clash_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="'/healthz' clashes"):
         create_app(make_config(), host, FakePipeline())
+
+
+def _as_parse_qsl(text: str) -> list[tuple[str, str]] | tuple[int, str]:
+    """What `parse_qsl` reads in `text`, or the refusal its error maps to."""
+    try:
+        return parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_PARAMS)
+    except UnicodeDecodeError:  # a ValueError too: checked first
+        return (400, "malformed body")
+    except ValueError:
+        return (400, "too many parameters")
+
+
+def _as_receiver(raw: bytes) -> list[tuple[str, str]] | tuple[int, str]:
+    try:
+        return _parse_pairs(raw, "body")
+    except RequestError as exc:
+        return (exc.status, exc.reason)
+
+
+_FORM_PIECES = st.sampled_from(
+    ["%", "+", "=", "&", "&&", "%2", "%zz", "%41", "%2B", "%26", "%3D", "%C3%A9", "%e9", "%ff"]
+    + ["%F0%9F", "%F0%9F%98%80", "é", "✓", "😀", " ", ";", "a", "Recording", "Sid", "\x00"]
+)
+_FORMS = st.lists(st.one_of(_FORM_PIECES, st.text(max_size=4)), max_size=24).map("".join)
+# Around the limit: as many fields as allowed, one fewer, one more.
+_MANY_FIELDS = st.builds(
+    lambda count, tail: "a=&" * count + tail,
+    st.integers(MAX_PARAMS - 2, MAX_PARAMS + 1),
+    _FORMS,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_FORMS, _MANY_FIELDS))
+def test_form_pairs_are_read_as_parse_qsl_reads_them(text: str) -> None:
+    assert _as_receiver(text.encode()) == _as_parse_qsl(text)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason", "detail"),
+    [
+        pytest.param(b"a=\xff", 400, "malformed body", "query is not valid UTF-8", id="bytes"),
+        pytest.param(b"a=%ff", 400, "malformed body", "query is not valid UTF-8", id="escape"),
+        pytest.param(b"a=%F0%9F", 400, "malformed body", "not valid UTF-8", id="cut-escape"),
+        pytest.param(b"a=&" * MAX_PARAMS, 400, "too many parameters", "more than", id="many"),
+    ],
+)
+def test_form_pairs_refused(raw: bytes, status: int, reason: str, detail: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        _parse_pairs(raw, "query")
+
+    assert (refused.value.status, refused.value.reason) == (status, reason)
+    assert detail in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "pairs"),
+    [
+        pytest.param(b"", [], id="empty"),
+        pytest.param(b"&a&&b=&=c", [("a", ""), ("b", ""), ("", "c")], id="blanks-kept"),
+        pytest.param(b"a+b=c+d%2Be", [("a b", "c d+e")], id="plus-and-escapes"),
+        pytest.param(b"a=%zz%4", [("a", "%zz%4")], id="broken-escape-kept"),
+        pytest.param(b"a=b=c", [("a", "b=c")], id="first-equals-splits"),
+        pytest.param("é=✓".encode(), [("é", "✓")], id="non-ascii"),
+        pytest.param(b"a=&" * (MAX_PARAMS - 1), [("a", "")] * (MAX_PARAMS - 1), id="at-limit"),
+    ],
+)
+def test_form_pairs(raw: bytes, pairs: list[tuple[str, str]]) -> None:
+    assert _parse_pairs(raw, "body") == pairs

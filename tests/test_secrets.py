@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from recflow.secrets import RedactingFilter, Redactor, install
+from recflow.secrets import RedactingFilter, Redactor, escape_controls, install
 
 REDACTOR = Redactor(["PSK_signingkey", "PSK_signing", "p@ss word", "7", ""])
 
@@ -104,3 +107,85 @@ def test_a_value_from_a_client_cannot_forge_a_log_line_or_drive_a_terminal(
     assert "\x1b" not in lines[0] and "\x07" not in lines[0]
     assert "recording=x\\n2026-12-03" in lines[0]
     assert "status=\\x1b]0;owned\\x07done" in lines[0]
+
+
+# Forty secrets no text here contains ("~" is in none): with them, a Redactor
+# has more than 32 variants to find and runs its pattern over every text.
+FILLER = [f"unused~secret~{n:02d}" for n in range(40)]
+SECRETS = ["PSK_signingkey", "PSK_signing", "p@ss word", "7", "ab", "s3cr"]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(Redactor(SECRETS), id="few-secrets"),
+        pytest.param(Redactor(SECRETS + FILLER), id="over-32-secrets"),
+    ]
+)
+def redactor(request: pytest.FixtureRequest) -> Redactor:
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        *MASK,
+        pytest.param("ab abc cab ab.", "*** abc cab ***.", id="short-whole-words-only"),
+        pytest.param("s3cr s3cret xs3cr", "*** ***et x***", id="four-chars-anywhere"),
+        pytest.param("to p%40ss%20word@host", "to ***@host", id="percent-encoded-alone"),
+        pytest.param("7\n7x 77 x7 7", "***\n7x 77 x7 ***", id="short-at-the-edges"),
+        pytest.param("", "", id="empty"),
+    ],
+)
+def test_mask_is_the_same_with_few_or_many_secrets(
+    redactor: Redactor, text: str, expected: str
+) -> None:
+    assert redactor.mask(text) == expected
+
+
+_PIECES = st.sampled_from(
+    [*SECRETS, "p%40ss%20word", "PSK_", "sign", "ing", "key", "a", "b", "s3", "cr", "7"]
+    + [" ", ".", "_", "-", "@", ":", "/", "%", "\n", "é", "https://u:", "@h/"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secrets=st.lists(st.sampled_from([*SECRETS, "é7", "a b", "@"]), min_size=1, max_size=6),
+    text=st.lists(_PIECES, max_size=12).map("".join),
+)
+def test_mask_with_the_prefilter_equals_mask_without_it(secrets: list[str], text: str) -> None:
+    assert Redactor(secrets).mask(text) == Redactor(secrets + FILLER).mask(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("callback ok -> 204", "callback ok -> 204", id="printable"),
+        pytest.param("café ✓ 日本 \u00a0", "café ✓ 日本 \u00a0", id="non-ascii-and-nbsp"),
+        pytest.param("a\tb", "a\tb", id="tab-kept"),
+        pytest.param("a\nb\rc", "a\\nb\\rc", id="newline-and-return"),
+        pytest.param("\x00\x08\x0b\x1f", "\\x00\\x08\\x0b\\x1f", id="c0"),
+        pytest.param("\x1b[31mred", "\\x1b[31mred", id="terminal-escape"),
+        pytest.param("del\x7f", "del\\x7f", id="del"),
+        pytest.param("\x80\x85\x9f", "\\x80\\x85\\x9f", id="c1"),
+        pytest.param("é\x1bé", "é\\x1bé", id="control-among-non-ascii"),
+        pytest.param("", "", id="empty"),
+    ],
+)
+def test_escape_controls(text: str, expected: str) -> None:
+    assert escape_controls(text) == expected
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CHARACTERS = st.one_of(st.characters(), st.sampled_from("\x00\t\n\x1b\x7f\x85\x9f\u2028"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(_CHARACTERS))
+def test_escape_controls_escapes_each_control_and_keeps_the_rest(text: str) -> None:
+    escaped = escape_controls(text)
+
+    assert not _CONTROL.search(escaped)
+    assert escaped == "".join(
+        c.encode("unicode_escape").decode("ascii") if _CONTROL.match(c) else c for c in text
+    )

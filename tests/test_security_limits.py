@@ -11,6 +11,7 @@ it took, beyond a generous bound that only a hang would pass.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -233,3 +234,92 @@ def test_config_accepts_read_timeout_bounds(tmp_path: Path) -> None:
     path.write_text(CONFIG.replace("read_timeout: 1", "read_timeout: 0"))
     with pytest.raises(ConfigError, match="read_timeout"):
         config_module.load(str(path), {})
+
+
+def _send_in_pieces(
+    sock: socket.socket, pieces: list[bytes], gap: float, stop: threading.Event
+) -> None:
+    """Send each piece `gap` seconds after the last, until the server closes or `stop` is set."""
+    for number, piece in enumerate(pieces):
+        if number and stop.wait(gap):
+            return
+        try:
+            sock.sendall(piece)
+        except OSError:
+            return
+
+
+def _slow_request(url: str, pieces: list[bytes], gap: float) -> bytes:
+    """What the server answers a request sent in `pieces`, `gap` seconds apart."""
+    stop = threading.Event()
+    with _connect(url) as sock:
+        sender = threading.Thread(
+            target=_send_in_pieces, args=(sock, pieces, gap, stop), daemon=True
+        )
+        sender.start()
+        try:
+            return _read_answer(sock)
+        finally:
+            stop.set()
+            sender.join(5)
+
+
+def test_head_and_body_share_one_deadline(server: ServerURL) -> None:
+    """A head whole in 0.4 s and a body 0.8 s after it: each in time, the request late."""
+    body = b"AccountSid=" + b"a" * 29
+    head = _head("POST", "/recordings", FORM, f"Content-Length: {len(body)}")
+    pieces = [head[:20], head[20:], body[:20], body[20:]]
+
+    answer = _slow_request(server, pieces, gap=0.4)
+
+    assert _status(answer) == 408
+    assert b'"request timeout"' in answer
+
+
+def _log_lines(server: ServerURL, pattern: re.Pattern[str], count: int) -> list[str]:
+    """The log lines `pattern` finds once there are `count` (or after `HANG` s)."""
+    deadline = time.monotonic() + HANG
+    while True:
+        found = pattern.findall(server.log())
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+TIMED_OUT_LINE = re.compile(
+    r"INFO recflow\.receive: callback ([0-9a-f]{16}) account=- recording=- status=- "
+    r"-> 408: body not complete in time \(\d+ bytes\)$",
+    re.MULTILINE,
+)
+
+
+def test_a_body_cut_short_is_logged_as_408_under_its_request_id(server: ServerURL) -> None:
+    before = TIMED_OUT_LINE.findall(server.log())
+    with _connect(server) as sock:
+        sock.sendall(SLOW_BODY_HEAD + b"AccountSid=")
+        answer = _read_answer(sock)
+
+    logged = _log_lines(server, TIMED_OUT_LINE, len(before) + 1)
+
+    assert _status(answer) == 408
+    assert len(logged) == len(before) + 1
+    request_id = logged[-1]
+    assert request_id not in before
+    # One line for that request: not also a 400 for a client that went away.
+    assert len(re.findall(rf"callback {request_id} ", server.log())) == 1
+
+
+def test_a_413_whose_body_never_comes_gets_one_answer_then_a_closed_connection(
+    server: ServerURL,
+) -> None:
+    """Refused at once from Content-Length; the deadline then closes, answering nothing more."""
+    keep_alive = _head("POST", "/recordings", FORM, "Content-Length: 999999").replace(
+        b"Connection: close\r\n", b""
+    )
+    with _connect(server) as sock:
+        sock.sendall(keep_alive)
+        answer = _read_answer(sock)  # returns once the server has closed
+
+    assert _status(answer) == 413
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert answer.endswith(b'{"error":"body too large"}')

@@ -89,7 +89,8 @@ def serve(mode: str, config_path: str, port_file: str) -> None:
     if mode == "null":
         app = receive.create_app(config, host, _NullPipeline())
     else:
-        runtime = pipeline.open_runtime(config, host)
+        # As `recflow serve` does: commits from a child process.
+        runtime = pipeline.open_runtime(config, host, commit_process=True)
         runtime.start(2 if mode == "work" else 0)
         app = receive.create_app(config, host, runtime.pipeline)
     sock = socket.socket()

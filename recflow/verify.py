@@ -27,6 +27,7 @@ port is part of the URL and is never dropped.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
@@ -179,8 +180,20 @@ def _form_suffixes(pairs: Iterable[tuple[str, str]]) -> list[str]:
 
 
 def _b64_hmac(key: str, message: str) -> str:
-    digest = hmac.digest(key.encode(), message.encode(), "sha1")
-    return base64.b64encode(digest).decode("ascii")
+    mac = _keyed_sha1(key).copy()
+    mac.update(message.encode())
+    return base64.b64encode(mac.digest()).decode("ascii")
+
+
+@functools.lru_cache(maxsize=64)
+def _keyed_sha1(key: str) -> hmac.HMAC:
+    """An HMAC-SHA1 keyed with `key`, to copy for each message.
+
+    A copy skips what `hmac.digest` does every time (with OpenSSL 3,
+    fetching the algorithm and setting the key up), a fifth of the
+    signature check's time. The keys cached are the configured ones.
+    """
+    return hmac.new(key.encode(), digestmod=hashlib.sha1)
 
 
 def _signatures(headers: Mapping[str, str]) -> list[str]:

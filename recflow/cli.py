@@ -247,6 +247,7 @@ def serve(
     from recflow import config as config_module
     from recflow import http_limits, pipeline, receive, secrets
     from recflow.plugins import build_plugin_manager
+    from recflow.worker_process import WorkerProcess
 
     setup_logging()
     host = build_plugin_manager()
@@ -260,10 +261,16 @@ def serve(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime.start(threads)
+        # The workers run in a process of their own (recflow.worker_process).
+        workers_process = None
+        if threads:
+            workers_process = WorkerProcess(config_path(config_file), threads)
+            runtime.pipeline.on_fresh = workers_process.wake
         try:
             yield
         finally:
+            if workers_process is not None:
+                workers_process.stop()
             runtime.close()
             logger.info("recflow serve stopped: backend closed")
 
@@ -362,7 +369,8 @@ def _open_backend(config_file: str | None) -> tuple[Config, Runtime]:
     default=None,
     help="worker threads (default: workers in the config)",
 )
-def worker(config_file: str | None, workers: int | None) -> None:
+@click.option("--parent-fd", type=int, default=None, hidden=True)
+def worker(config_file: str | None, workers: int | None, parent_fd: int | None) -> None:
     """Run steps from the backend, without receiving callbacks.
 
     SIGTERM or Ctrl-C lets running steps finish (30 s at most) and leaves
@@ -372,6 +380,7 @@ def worker(config_file: str | None, workers: int | None) -> None:
     import threading
 
     from recflow import secrets
+    from recflow.worker_process import follow_parent
 
     setup_logging()
     config, runtime = _open_backend(config_file)
@@ -381,6 +390,9 @@ def worker(config_file: str | None, workers: int | None) -> None:
         signal.signal(signum, lambda *_: stop.set())
     threads = workers or config.workers or 1
     runtime.start(threads)
+    if parent_fd is not None:
+        # Started by `recflow serve`: woken by it, and gone with it.
+        follow_parent(parent_fd, runtime.queue.wakeup)
     click.echo(f"recflow worker running {threads} workers", err=True)
     while not stop.wait(3600):
         pass

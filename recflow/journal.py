@@ -91,6 +91,21 @@ class Owner:
             return True
         except OSError:
             return False
+        return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """True when `pid` has exited but was not reaped (Linux's /proc says "Z").
+
+    A worker process whose receiver was killed is re-parented, and where
+    nothing reaps orphans (a container without an init, some VMs) it stays
+    a zombie that `kill(pid, 0)` still finds: it runs nothing, though.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) S ...": the state follows the last parenthesis.
+            return stat.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
         return False
 
 

@@ -35,7 +35,7 @@ import os
 import queue as queue_module
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeAlias
 
 from recflow.commit_process import Answer, CommitProcess
@@ -93,6 +93,9 @@ class Pipeline:
         self._outbox: list[tuple[int, NewEvent]] = []
         self._outbox_lock = threading.Lock()
         self._loop_cache: tuple[int, asyncio.AbstractEventLoop] | None = None
+        # Called once a group with new events is committed (from the commit
+        # process's answers): how `recflow serve` wakes its worker process.
+        self.on_fresh: Callable[[], None] | None = None
         if commit_process is not None:
             backend, base_dir = commit_process
             self._process = CommitProcess(backend, base_dir, self._answered, self._lost)
@@ -224,6 +227,8 @@ class Pipeline:
             logger.error("cannot commit %d callbacks: %s", count, message)
         if True in outcomes:
             self.queue.wakeup.set()
+            if self.on_fresh is not None:
+                self.on_fresh()
         _answer(group, outcomes, here=self._process.loop if self._process else None)
 
     def _lost(self, numbers: list[int], reason: str) -> None:

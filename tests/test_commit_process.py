@@ -35,6 +35,7 @@ from pipeline_util import (
     wait_for,
     write_config,
 )
+from proc_util import alive, children
 from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixtures)
 from serve_util import running_server, signed_form
 
@@ -329,35 +330,9 @@ def _status(connection: http.client.HTTPConnection) -> int:
         connection.close()
 
 
-def _state_and_parent(pid: int) -> tuple[str, int] | None:
-    """A process's state letter and parent pid, from /proc; None once it is gone."""
-    try:
-        state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
-    except (OSError, ValueError):
-        return None
-    return state, int(parent)
-
-
-def _alive(pid: int) -> bool:
-    found = _state_and_parent(pid)
-    return found is not None and found[0] != "Z"
-
-
 def _commit_children(pid: int) -> list[int]:
     """The live commit processes whose parent is `pid`, as `ps --ppid` lists them."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        child = int(entry.name)
-        try:
-            command = (entry / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile
-            continue
-        state = _state_and_parent(child)
-        if state and state[1] == pid and state[0] != "Z" and b"recflow.commit_process" in command:
-            found.append(child)
-    return found
+    return children(pid, b"recflow.commit_process")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find the child")
@@ -398,4 +373,4 @@ def test_serve_survives_kill_9_of_its_commit_process(tmp_path):
     missing = [r for r in acknowledged if journal.get_event(make_event(r).id) is None]
     assert missing == []
     # Stopping the server stopped its commit process too: no orphan is left.
-    wait_for(lambda: not _alive(replacement), what="the commit process to stop")
+    wait_for(lambda: not alive(replacement), what="the commit process to stop")

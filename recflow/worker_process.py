@@ -1,0 +1,123 @@
+"""`recflow serve`'s workers, in a process of their own.
+
+Worker threads inside the receiver's process shared its interpreter lock
+with the event loop: every SQLite call, every step's Python (an action,
+a plugin transcribing audio) took turns with the receiving of callbacks,
+which then answered at a third of the rate (`bench/bench_peers.py`), and
+a plugin that crashed the interpreter took the receiver down with it.
+
+`WorkerProcess` runs `recflow worker` beside the receiver, with the same
+config and thread count, joined to it by a pipe:
+
+- a byte on the pipe wakes the workers at once, as an enqueue in the same
+  process would (`wake()`, called once per group of commits);
+- the end of the pipe means the receiver is gone: the worker process then
+  kills itself at once, as its threads would have died with the receiver,
+  so that `kill -9` of `recflow serve` leaves nothing running (the steps
+  it was running run again, at least once);
+- if the worker process exits on its own, it is started again after a
+  second, and that is logged.
+
+`stop()` asks it to finish its running steps (SIGTERM: up to 30 s, as
+`recflow worker` does) before the receiver closes its backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+logger = logging.getLogger(__name__)
+
+# How long `stop` waits for running steps, a little over `recflow worker`'s 30 s.
+STOP_WAIT = 35.0
+RESTART_DELAY = 1.0
+
+
+class WorkerProcess:
+    """A `recflow worker` child of the receiver, kept running until `stop()`."""
+
+    def __init__(self, config_path: str, workers: int) -> None:
+        self.config_path = os.path.abspath(config_path)
+        self.workers = workers
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._lock = threading.Lock()  # guards `_child` and `_stopping`
+        self._stopping = threading.Event()
+        self._child = self._start()
+        self._watcher = threading.Thread(
+            target=self._watch, name="recflow-worker-watch", daemon=True
+        )
+        self._watcher.start()
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    def wake(self) -> None:
+        """Tell idle workers there is work; never blocks (a full pipe is awake enough)."""
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            os.write(self._write, b"\0")
+
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Let running steps finish (at most `timeout` s), then end the process."""
+        with self._lock:
+            self._stopping.set()
+            child = self._child
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.error("the worker process did not stop in %g s: killed", timeout)
+                child.kill()
+                child.wait()
+        self._watcher.join(RESTART_DELAY + 1)
+        for fd in (self._write, self._read):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-c", "from recflow.cli import main; main()", "worker"]
+        command += ["-c", self.config_path, "--workers", str(self.workers)]
+        command += ["--parent-fd", str(self._read)]
+        child = subprocess.Popen(command, pass_fds=[self._read])
+        logger.info("worker process started: pid %d, %d workers", child.pid, self.workers)
+        return child
+
+    def _watch(self) -> None:
+        while True:
+            status = self._child.wait()
+            if self._stopping.wait(0 if status == 0 else RESTART_DELAY):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                logger.error("the worker process exited (status %s): starting a new one", status)
+                self._child = self._start()
+
+
+def follow_parent(fd: int, wake: threading.Event) -> None:
+    """In the worker process: wake on each byte from the receiver, die with it.
+
+    Runs a daemon thread reading `fd`; bytes set `wake`; the end of the
+    pipe (the receiver exited or was killed) kills this process at once.
+    """
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                os.kill(os.getpid(), signal.SIGKILL)
+                return
+            wake.set()
+
+    threading.Thread(target=read, name="recflow-parent-watch", daemon=True).start()

@@ -1,0 +1,126 @@
+"""worker_process: `recflow serve` runs its workers in a child process.
+
+Each test runs the real `recflow serve` and looks at its children as an
+operator would (`ps`, through /proc). The steps come from the
+`recflow-testactions` plugin: each run of `t_append` appends a line to a
+file, so the file counts real runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from pipeline_util import (
+    TOKEN,
+    callback_pairs,
+    ensure_test_plugin,
+    lines,
+    make_event,
+    settled,
+    wait_for,
+    write_config,
+)
+from proc_util import alive, children
+from serve_util import running_server, signed_form
+
+from recflow.journal_sqlite import SqliteJournal
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for children"),
+]
+
+ENV = {"TEST_TOKEN": TOKEN}
+WORKER = b"--parent-fd"
+
+
+@pytest.fixture(autouse=True)
+def _plugin() -> None:
+    ensure_test_plugin()
+
+
+def _post(url: str, recording: str) -> int:
+    body, headers = signed_form(url, callback_pairs(recording), TOKEN, "X-Twilio-Signature")
+    return httpx.post(url, content=body, headers=headers, timeout=30, trust_env=False).status_code
+
+
+def _steps(tmp_path: Path, recording: str) -> list[dict]:
+    journal = SqliteJournal(str(tmp_path / "var" / "recflow.db"))
+    return journal.get_event(make_event(recording).id)["steps"]
+
+
+def _worker_of(pid: int) -> int:
+    return wait_for(lambda: children(pid, WORKER), what="the worker process")[0]
+
+
+def test_steps_run_in_a_worker_process_that_is_replaced_when_killed(tmp_path):
+    out = tmp_path / "runs.txt"
+    config = write_config(tmp_path, f'      - action: t_append\n        with: {{file: "{out}"}}\n')
+
+    with running_server(config, env=ENV) as server:
+        first = _worker_of(server.process.pid)
+        assert _post(server.callback_url, "RE" + "1" * 32) == 204
+        wait_for(lambda: len(lines(out)) == 1, what="the first step")
+
+        os.kill(first, signal.SIGKILL)
+        replacement = wait_for(
+            lambda: [p for p in children(server.process.pid, WORKER) if p != first],
+            what="a new worker process",
+        )[0]
+        assert _post(server.callback_url, "RE" + "2" * 32) == 204
+        wait_for(lambda: len(lines(out)) == 2, what="the step after the restart")
+    log = server.log()
+
+    assert "the worker process exited (status -9): starting a new one" in log
+    assert not alive(replacement), "the worker process outlived recflow serve"
+
+
+def test_kill_9_of_serve_ends_its_worker_process_and_the_step_runs_again(tmp_path):
+    out = tmp_path / "runs.txt"
+    slow = f'      - action: t_append\n        with: {{file: "{out}", sleep: 3}}\n'
+    config = write_config(tmp_path, slow, workers=1)
+    recording = "RE" + "3" * 32
+
+    with running_server(config, env=ENV) as server:
+        worker = _worker_of(server.process.pid)
+        assert _post(server.callback_url, recording) == 204
+        wait_for(lambda: _steps(tmp_path, recording)[0]["state"] == "running", what="the step")
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+    wait_for(lambda: not alive(worker), timeout=10, what="the orphaned worker to end")
+    assert lines(out) == [], "the step finished although its worker was to die with serve"
+    with running_server(config, env=ENV):
+        steps = wait_for(
+            lambda: (s := settled_steps(tmp_path, recording)) and s, what="the step to run again"
+        )
+    assert [(s["state"], s["attempts"]) for s in steps] == [("done", 2)]
+    assert len(lines(out)) == 1
+
+
+def test_sigterm_lets_the_running_step_finish(tmp_path):
+    out = tmp_path / "runs.txt"
+    slow = f'      - action: t_append\n        with: {{file: "{out}", sleep: 2}}\n'
+    config = write_config(tmp_path, slow, workers=1)
+    recording = "RE" + "4" * 32
+
+    with running_server(config, env=ENV) as server:
+        worker = _worker_of(server.process.pid)
+        assert _post(server.callback_url, recording) == 204
+        wait_for(lambda: _steps(tmp_path, recording)[0]["state"] == "running", what="the step")
+        server.process.send_signal(signal.SIGTERM)
+        # uvicorn exits by the signal it stopped on, once shut down.
+        assert server.process.wait(60) in (0, -signal.SIGTERM)
+
+    assert not alive(worker)
+    assert [s["state"] for s in _steps(tmp_path, recording)] == ["done"]
+    assert len(lines(out)) == 1
+
+
+def settled_steps(tmp_path: Path, recording: str) -> list[dict] | None:
+    journal = SqliteJournal(str(tmp_path / "var" / "recflow.db"))
+    return settled(journal, make_event(recording).id)

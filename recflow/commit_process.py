@@ -54,8 +54,10 @@ _fields_of = operator.attrgetter(*(field.name for field in dataclasses.fields(Ne
 _BUFFER = 4 * 1024 * 1024
 # How long a closing receiver waits for the child to commit what it sent,
 # and how long a child may take to start.
-_CLOSE_WAIT = 30.0
+CLOSE_WAIT = 10.0
 _START_WAIT = 60.0
+# Bytes of frames the child may fall behind by before callbacks get 503.
+MAX_BEHIND = 64 * 1024 * 1024
 # How long the child waits for a group to fill under load, in all and
 # between two frames, in seconds (see `_gather`).
 LINGER = 0.002
@@ -92,7 +94,9 @@ class CommitProcess:
         self._child: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # answers received, not yet a whole frame
+        self._out = bytearray()  # frames not yet taken by the socket
+        self._writing = False  # the loop watches the socket to send `_out`
         self._sent: set[int] = set()
         self._closed = False
         self._starts = 0
@@ -103,29 +107,29 @@ class CommitProcess:
     ) -> None:
         """Send events to commit, from `loop`'s thread, which will read the answers.
 
-        Raises `BackendError` when no child can take them (none starts, or
-        it died and the next one cannot start).
+        Never blocks: what the socket cannot take now waits in a buffer and
+        goes out when it can (`loop.add_writer`). Raises `BackendError` when
+        no child can take them (none starts), or when the child has fallen
+        `MAX_BEHIND` bytes behind (stalled: the receiver answers 503 rather
+        than hold ever more callbacks in memory).
         """
         if self._closed:
             raise BackendError("the pipeline is closed")
+        if len(self._out) > MAX_BEHIND:
+            raise BackendError(
+                f"the commit process is not keeping up ({len(self._out)} bytes not yet sent)"
+            )
+        if self._child is not None and self._child.poll() is not None:
+            # Died while idle, before the loop read the end of its socket.
+            self._gone(f"the commit process exited (status {self._child.returncode})")
+        if self._sock is None:
+            self._start()
+        if loop is not None and self._loop is not loop:
+            self._attach(loop)
         # Plain tuples: they pickle in a fraction of the time a dataclass takes.
-        frame = _frame([(number, _fields_of(event)) for number, event in items])
-        for attempt in (1, 2):
-            if self._sock is None:
-                self._start()
-            assert self._sock is not None
-            if loop is not None and self._loop is not loop:
-                self._attach(loop)
-            try:
-                self._sock.sendall(frame)
-                break
-            except OSError as exc:
-                # Dead before the loop read its end of the socket: what it was
-                # sent earlier is lost, these are not; a new child takes them.
-                self._gone(f"the commit process is gone: {exc}")
-                if attempt == 2:
-                    raise BackendError(f"the commit process is gone: {exc}") from exc
+        self._out += _frame([(number, _fields_of(event)) for number, event in items])
         self._sent.update(number for number, _ in items)
+        self._write_out()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -133,7 +137,12 @@ class CommitProcess:
         return self._loop
 
     def close(self) -> None:
-        """Let the child commit what it was sent, answer it, and stop."""
+        """Let the child commit what it was sent and answer it, then stop it.
+
+        Bounded: after `CLOSE_WAIT` seconds in all, a child that has not
+        finished (stalled on a lock, say) is killed, and what it had not
+        answered is reported lost.
+        """
         if self._closed:
             return
         self._closed = True
@@ -141,15 +150,24 @@ class CommitProcess:
         if sock is None or child is None:
             return
         self._detach()
-        # The child reads to the end, commits, answers, and exits.
+        deadline = time.monotonic() + CLOSE_WAIT
         reason = "the commit process stopped as the receiver closed"
         try:
+            sock.settimeout(CLOSE_WAIT)
+            if self._out:
+                sock.sendall(self._out)
+                self._out.clear()
+            # The child reads to the end, commits, answers, and exits.
             sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(_CLOSE_WAIT)
             while data := sock.recv(_BUFFER):
                 self._take(data)
-        except OSError as exc:
-            reason = f"the commit process did not finish as the receiver closed: {exc}"
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+            reason = f"the commit process did not finish in {CLOSE_WAIT:g} s: {exc}"
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
         self._gone(reason)
 
     # -- the child ---------------------------------------------------------------
@@ -160,8 +178,9 @@ class CommitProcess:
         for sock in (ours, theirs):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
+        # The backend URL may hold a password: it goes over the socket, not
+        # on the command line, which any local user can read with `ps`.
         command = [sys.executable, "-m", "recflow.commit_process", str(theirs.fileno())]
-        command += [self.backend, self.base_dir]
         try:
             child = subprocess.Popen(command, pass_fds=[theirs.fileno()])
         except OSError as exc:
@@ -171,6 +190,7 @@ class CommitProcess:
             theirs.close()
         try:
             ours.settimeout(_START_WAIT)
+            ours.sendall(_frame((self.backend, self.base_dir)))
             hello = _read_frame(ours)
             ours.settimeout(None)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
@@ -182,11 +202,34 @@ class CommitProcess:
             raise BackendError(f"the commit process did not start: {hello or 'it exited'}")
         self._child, self._sock = child, ours
         self._buffer.clear()
+        self._out.clear()
         self._starts += 1
         if self._starts > 1:
             logger.warning("commit process restarted: pid %d", child.pid)
         else:
             logger.info("commit process started: pid %d", child.pid)
+
+    def _write_out(self) -> None:
+        """Send what the socket takes now; the loop sends the rest when it can."""
+        sock = self._sock
+        if sock is None:
+            return
+        if self._out:
+            try:
+                sent = sock.send(self._out, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._gone(f"the commit process is gone: {exc}")
+                return
+            del self._out[:sent]
+        waiting = bool(self._out)
+        if waiting != self._writing and self._loop is not None:
+            if waiting:
+                self._loop.add_writer(sock.fileno(), self._write_out)
+            else:
+                self._loop.remove_writer(sock.fileno())
+            self._writing = waiting
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -199,6 +242,9 @@ class CommitProcess:
         loop, self._loop = self._loop, None
         if loop is not None and self._sock is not None and not loop.is_closed():
             loop.remove_reader(self._sock.fileno())
+            if self._writing:
+                loop.remove_writer(self._sock.fileno())
+        self._writing = False
 
     def _readable(self) -> None:
         assert self._sock is not None
@@ -244,19 +290,26 @@ class CommitProcess:
             sock.close()
         status = None
         if child is not None:
+            if child.poll() is None and not self._closed:
+                child.kill()  # alive but unusable (garbage, a dead socket): replaced
             try:
-                status = child.wait(_CLOSE_WAIT if self._closed else 5)
+                status = child.wait(2)
             except subprocess.TimeoutExpired:
                 child.kill()
                 status = child.wait()
+        self._out.clear()
         lost, self._sent = sorted(self._sent), set()
-        if lost or (status not in (0, None) and not self._closed):
+        if lost:
+            answered = "not answered: the receiver is stopping" if self._closed else "answered 503"
             logger.error(
-                "%s (exit status %s); %d callbacks not committed, answered 503",
+                "%s (exit status %s); %d callbacks not committed, %s",
                 reason,
                 status,
                 len(lost),
+                answered,
             )
+        elif status not in (0, None) and not self._closed:
+            logger.warning("%s (exit status %s); no callback was waiting on it", reason, status)
         if lost:
             self._on_lost(lost, reason)
 
@@ -344,11 +397,18 @@ def _gather(
             return items
 
 
-def serve(sock: socket.socket, backend_url: str, base_dir: str) -> None:
-    """Commit what arrives on `sock` until the receiver closes its end."""
+def serve(sock: socket.socket) -> None:
+    """Commit what arrives on `sock` until the receiver closes its end.
+
+    The first frame names the backend: (URL, base directory).
+    """
     from recflow.journal import open_journal
     from recflow.queue import StepQueue, parse_backend
 
+    opening = _read_frame(sock)
+    if opening is None:
+        return
+    backend_url, base_dir = opening
     try:
         backend = parse_backend(backend_url, base_dir)
         journal = open_journal(backend)
@@ -376,7 +436,7 @@ def serve(sock: socket.socket, backend_url: str, base_dir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The child's entry point: `python -m recflow.commit_process FD BACKEND BASE_DIR`.
+    """The child's entry point: `python -m recflow.commit_process FD`.
 
     It logs nothing itself (the receiver has the secrets to mask, and logs
     what the child answers). Ctrl-C and SIGTERM reach the whole process
@@ -384,11 +444,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     down, closes its end, or dies.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    fd, backend_url, base_dir = int(args[0]), args[1], args[2]
+    fd = int(args[0])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.disable(logging.CRITICAL)
-    serve(socket.socket(fileno=fd), backend_url, base_dir)
+    serve(socket.socket(fileno=fd))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._raw_head_bytes = 0
         self._refusal: tuple[int, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -65,8 +66,29 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is None:
-            super().data_received(data)
+        if self._refusal is not None:
+            return
+        # The parser keeps a header that has not ended yet in memory, out of
+        # `on_header`'s sight: bytes that come while a head is incomplete are
+        # counted here too. Counted before parsing, and reset when a request
+        # begins, so a chunk ending one request's body and starting the next
+        # one's head is never held against the new head (it may go uncounted:
+        # the cap then holds within one chunk).
+        if not self._head_complete():
+            self._raw_head_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._refusal is None
+            and self._raw_head_bytes > MAX_HEADER_BYTES
+            and not self._head_complete()
+        ):
+            self._refusal = (431, "Request Header Fields Too Large")
+            self._answer(*self._refusal)
+
+    def _head_complete(self) -> bool:
+        """True once the current request's head is parsed (uvicorn made its cycle)."""
+        cycle = self.cycle
+        return cycle is not None and cycle.scope is self.scope
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers 400 to any parser error; a refusal of ours says why.
@@ -78,6 +100,7 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._raw_head_bytes = 0
         self._arm()
 
     def on_url(self, url: bytes) -> None:
@@ -136,6 +159,12 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(head.encode() + body)
         self.transport.close()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # An app still at work on this connection (a pipelined request
+            # awaiting its commit) now finds it gone instead of writing to a
+            # closed transport; the transport's own end wakes its reads.
+            cycle.disconnected = True
 
 
 def protocol_class(header_timeout: float) -> type[asyncio.Protocol]:

@@ -49,6 +49,12 @@ from recflow.worker import StepRunner, WorkerPool
 
 logger = logging.getLogger(__name__)
 
+# With a commit process: how long a callback waits for its commit before
+# it is answered 503, how often that is checked, and how long `healthy`
+# says no after a commit failed (seconds).
+COMMIT_TIMEOUT = 10.0
+SWEEP_EVERY = 1.0
+UNHEALTHY_AFTER_FAILURE = 10.0
 # The most submissions written in one transaction.
 MAX_GROUP = 500
 # How long the committer waits for a group to fill under load, in all and
@@ -93,6 +99,8 @@ class Pipeline:
         self._outbox: list[tuple[int, NewEvent]] = []
         self._outbox_lock = threading.Lock()
         self._loop_cache: tuple[int, asyncio.AbstractEventLoop] | None = None
+        self._sweeper: asyncio.AbstractEventLoop | None = None
+        self._failed_at = 0.0  # when a commit last failed, for `healthy`
         # Called once a group with new events is committed (from the commit
         # process's answers): how `recflow serve` wakes its worker process.
         self.on_fresh: Callable[[], None] | None = None
@@ -155,9 +163,23 @@ class Pipeline:
         return loop
 
     async def healthy(self) -> bool:
-        """True when the journal answers."""
+        """True when the journal answers and commits go through.
+
+        With a commit process: False while a callback has waited half of
+        `COMMIT_TIMEOUT` for its commit, and for `UNHEALTHY_AFTER_FAILURE`
+        seconds after a commit failed, so that a load balancer sends the
+        provider's callbacks elsewhere meanwhile.
+        """
         if self._closed:
             return False
+        if self._process is not None:
+            now = time.time()
+            with self._outbox_lock:
+                oldest = next(iter(self._waiting.values()), None)
+            if oldest is not None and now - oldest.event.received_at > COMMIT_TIMEOUT / 2:
+                return False
+            if now - self._failed_at < UNHEALTHY_AFTER_FAILURE:
+                return False
         return await asyncio.to_thread(self.journal.ping)
 
     def close(self) -> None:
@@ -194,6 +216,42 @@ class Pipeline:
         if first:
             # After every callback this turn has ready: they share the frame.
             submission.loop.call_soon(self._flush, submission.loop)
+        if self._sweeper is not submission.loop:
+            self._sweeper = submission.loop
+            submission.loop.call_later(SWEEP_EVERY, self._sweep, submission.loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Answer 503 to callbacks waiting on their commit for `COMMIT_TIMEOUT` s.
+
+        A commit process stalled (stopped, or waiting on a lock another
+        process holds) would otherwise hold them until the provider gives
+        up; a 503 now makes it retry, and a commit that does come later
+        makes that retry a known duplicate. Runs every `SWEEP_EVERY` s while
+        anything waits: one timer, not one per callback.
+        """
+        now = time.time()
+        with self._outbox_lock:
+            expired = []
+            for number, submission in self._waiting.items():  # oldest first
+                if now - submission.event.received_at < COMMIT_TIMEOUT:
+                    break
+                expired.append(number)
+            late = [self._waiting.pop(number) for number in expired]
+            more = bool(self._waiting)
+        if late:
+            self._failed_at = now
+            logger.error(
+                "%d callbacks not committed within %g s, answered 503: is the commit process"
+                " stalled, or the backend locked?",
+                len(late),
+                COMMIT_TIMEOUT,
+            )
+            reason = f"not committed within {COMMIT_TIMEOUT:g} s"
+            _answer(late, [BackendError(reason) for _ in late], here=loop)
+        if more and not self._closed:
+            loop.call_later(SWEEP_EVERY, self._sweep, loop)
+        else:
+            self._sweeper = None
 
     def _flush(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         with self._outbox_lock:
@@ -225,6 +283,8 @@ class Pipeline:
                     errors[answer] = errors.get(answer, 0) + 1
         for message, count in errors.items():
             logger.error("cannot commit %d callbacks: %s", count, message)
+        if errors:
+            self._failed_at = time.time()
         if True in outcomes:
             self.queue.wakeup.set()
             if self.on_fresh is not None:
@@ -232,6 +292,7 @@ class Pipeline:
         _answer(group, outcomes, here=self._process.loop if self._process else None)
 
     def _lost(self, numbers: list[int], reason: str) -> None:
+        self._failed_at = time.time()
         with self._outbox_lock:
             lost = [s for n in numbers if (s := self._waiting.pop(n, None)) is not None]
         _answer(lost, [BackendError(reason) for _ in lost])

@@ -10,6 +10,7 @@ name these tests use, because an operator would find it with `ps`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import os
 import re
@@ -39,8 +40,10 @@ from proc_util import alive, children
 from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixtures)
 from serve_util import running_server, signed_form
 
+from recflow import pipeline as pipeline_module
 from recflow.config import Config
 from recflow.errors import BackendError
+from recflow.event import Event
 from recflow.journal_sqlite import SqliteJournal
 from recflow.pipeline import Pipeline, Runtime, open_runtime
 
@@ -374,3 +377,72 @@ def test_serve_survives_kill_9_of_its_commit_process(tmp_path):
     assert missing == []
     # Stopping the server stopped its commit process too: no orphan is left.
     wait_for(lambda: not alive(replacement), what="the commit process to stop")
+
+
+def _big_event(number: int) -> Event:
+    """An event of about 20 KB: a few hundred of them fill the socket's buffers."""
+    event = make_event(f"RE{number:032x}")
+    return dataclasses.replace(event, params={**event.params, "Pad": "x" * 20_000})
+
+
+def test_a_stalled_child_is_back_pressure_not_a_death(tmp_path, runtimes):
+    runtime = runtimes(make_config(tmp_path, RULES))
+    child = _child(runtime.pipeline)
+    events = [_big_event(number) for number in range(1000)]  # ~20 MB, over the buffers
+
+    async def stalled_then_resumed():
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            waiting = [asyncio.ensure_future(runtime.pipeline.submit(e, RULES)) for e in events]
+            await asyncio.sleep(1.0)  # sends that the socket could not take now wait
+            healthy_while_stalled = await runtime.pipeline.healthy()
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        return healthy_while_stalled, await asyncio.gather(*waiting)
+
+    healthy_while_stalled, answers = asyncio.run(stalled_then_resumed())
+
+    assert answers == [True] * len(events)
+    assert _child(runtime.pipeline) is child and child.poll() is None, "the child was replaced"
+    assert healthy_while_stalled is True, "one second of stall is within the commit timeout"
+    assert len(runtime.journal.list_events(limit=2000)) == len(events)
+
+
+def test_callbacks_get_503_when_the_child_stalls_past_the_commit_timeout(
+    tmp_path, runtimes, monkeypatch, caplog
+):
+    monkeypatch.setattr(pipeline_module, "COMMIT_TIMEOUT", 1.0)
+    monkeypatch.setattr(pipeline_module, "SWEEP_EVERY", 0.2)
+    runtime = runtimes(make_config(tmp_path, RULES))
+    child = _child(runtime.pipeline)
+    stalled, later = make_event("RE1"), make_event("RE2")
+
+    async def stalled_child():
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            outcome = await asyncio.gather(
+                runtime.pipeline.submit(stalled, RULES), return_exceptions=True
+            )
+            healthy = await runtime.pipeline.healthy()
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        return outcome[0], healthy
+
+    outcome, healthy = asyncio.run(stalled_child())
+
+    assert isinstance(outcome, BackendError) and "not committed within 1 s" in str(outcome)
+    assert healthy is False, "a failed commit makes the health check fail for a while"
+    assert "callbacks not committed within 1 s, answered 503" in caplog.text
+    # The child was only slow: it committed the event after all (the
+    # provider's retry is then a known duplicate), and takes the next one.
+    assert submit(runtime, later, RULES) is True
+    assert submit(runtime, stalled, RULES) is False
+
+
+def test_the_backend_url_is_not_on_the_child_command_line(tmp_path, runtimes):
+    runtime = runtimes(make_config(tmp_path, RULES))
+    child = _child(runtime.pipeline)
+
+    command_line = Path(f"/proc/{child.pid}/cmdline").read_bytes()
+
+    assert b"sqlite" not in command_line and str(tmp_path).encode() not in command_line

@@ -323,3 +323,21 @@ def test_a_413_whose_body_never_comes_gets_one_answer_then_a_closed_connection(
     assert _status(answer) == 413
     assert answer.count(b"HTTP/1.1 ") == 1
     assert answer.endswith(b'{"error":"body too large"}')
+
+
+def test_a_header_that_never_ends_is_refused_once_past_the_cap(server: ServerURL) -> None:
+    """The parser would keep an unfinished header whole: 431 once its bytes pass 32 KiB."""
+    start = b"POST /recordings HTTP/1.1\r\nHost: x\r\nX-Padding: "
+    chunk = b"a" * (256 * 1024)
+    sent = 0
+    with _connect(server) as sock:
+        sock.sendall(start)
+        with contextlib.suppress(OSError):  # refused and closed while we still send
+            for _ in range(64):  # 16 MiB if nothing stopped it
+                sock.sendall(chunk)
+                sent += len(chunk)
+        answer = _read_answer(sock)
+
+    assert _status(answer) == 431
+    # Cut off early: without the cap the server reads all 16 MiB, then says 408.
+    assert sent < 64 * len(chunk)

@@ -42,7 +42,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from recflow.errors import BackendError
-from recflow.journal import NewEvent
+from recflow.journal import Journal, NewEvent, open_journal
+from recflow.queue import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ MAX_BEHIND = 64 * 1024 * 1024
 # between two frames, in seconds (see `_gather`).
 LINGER = 0.002
 LINGER_GAP = 0.0005
+# The SQLite write-ahead log's size, in pages, past which a commit checkpoints
+# it (`_open_journal`). bench_peers: ~12% more callbacks a second than at
+# SQLite's default of 1,000, for ~5 ms more at the p99.
+CHECKPOINT_PAGES = 4000
 # The child's first frame when it has opened the backend; else why not.
 _READY = "ready"
 
@@ -397,12 +402,29 @@ def _gather(
             return items
 
 
+def _open_journal(backend: Backend) -> Journal:
+    """The journal the child commits to.
+
+    On SQLite, the commit that takes the write-ahead log past a threshold
+    also checkpoints it: copies its pages into the database and syncs the
+    file, several times an ordinary commit's time, while every callback in
+    the group and behind it waits. A higher threshold than SQLite's 1,000
+    pages makes those commits rarer and each cheaper per page (a page
+    written many times is copied once). The log grows to about 16 MB and is
+    reused from its start after each checkpoint.
+    """
+    if backend.kind != "sqlite":
+        return open_journal(backend)
+    from recflow.journal_sqlite import SqliteJournal
+
+    return SqliteJournal(backend.location, checkpoint_pages=CHECKPOINT_PAGES)
+
+
 def serve(sock: socket.socket) -> None:
     """Commit what arrives on `sock` until the receiver closes its end.
 
     The first frame names the backend: (URL, base directory).
     """
-    from recflow.journal import open_journal
     from recflow.queue import StepQueue, parse_backend
 
     opening = _read_frame(sock)
@@ -411,7 +433,7 @@ def serve(sock: socket.socket) -> None:
     backend_url, base_dir = opening
     try:
         backend = parse_backend(backend_url, base_dir)
-        journal = open_journal(backend)
+        journal = _open_journal(backend)
         queue = StepQueue(backend)
     except BackendError as exc:
         sock.sendall(_frame(str(exc)))

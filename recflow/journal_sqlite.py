@@ -71,9 +71,14 @@ _SCHEMA = (
 class SqliteJournal(Journal):
     """The journal tables in one SQLite file shared by every process."""
 
-    def __init__(self, path: str, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str, busy_timeout: float = 10.0, checkpoint_pages: int | None = None
+    ) -> None:
+        """`checkpoint_pages`: the WAL size, in pages, past which this process's commits
+        checkpoint it (SQLite's default, 1,000, when None)."""
         self.path = path
         self._busy_timeout = busy_timeout
+        self._checkpoint_pages = checkpoint_pages
         self._local = threading.local()
         self._lock = sqlite_write_lock(path)
         try:
@@ -91,6 +96,8 @@ class SqliteJournal(Journal):
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=FULL")
+            if self._checkpoint_pages is not None:
+                conn.execute(f"pragma wal_autocheckpoint={int(self._checkpoint_pages)}")
             self._local.conn = conn
             self._local.synchronous = "FULL"
         return conn

@@ -40,6 +40,7 @@ from proc_util import alive, children
 from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixtures)
 from serve_util import running_server, signed_form
 
+from recflow import commit_process
 from recflow import pipeline as pipeline_module
 from recflow.config import Config
 from recflow.errors import BackendError
@@ -446,3 +447,24 @@ def test_the_backend_url_is_not_on_the_child_command_line(tmp_path, runtimes):
     command_line = Path(f"/proc/{child.pid}/cmdline").read_bytes()
 
     assert b"sqlite" not in command_line and str(tmp_path).encode() not in command_line
+
+
+def test_the_child_keeps_the_write_ahead_log_bounded(tmp_path, runtimes):
+    # With only the receiver writing (`serve --no-worker`, workers elsewhere
+    # idle), the child's own commits are what checkpoint the log.
+    runtime = runtimes(make_config(tmp_path, RULES))
+    db = Path(runtime.journal.path)
+    events = [_big_event(number) for number in range(2500)]  # ~50 MB of event data
+
+    async def submit_all():
+        for start in range(0, len(events), 100):
+            batch = events[start : start + 100]
+            await asyncio.gather(*(runtime.pipeline.submit(e, RULES) for e in batch))
+
+    asyncio.run(submit_all())
+
+    wal = db.with_name(db.name + "-wal")
+    limit = commit_process.CHECKPOINT_PAGES * 4096
+    assert wal.stat().st_size < 1.5 * limit
+    assert db.stat().st_size > 40_000_000  # the events were copied into the database
+    assert len(runtime.journal.list_events(limit=3000)) == 2500

@@ -64,8 +64,8 @@ MAX_BEHIND = 64 * 1024 * 1024
 LINGER = 0.002
 LINGER_GAP = 0.0005
 # The SQLite write-ahead log's size, in pages, past which a commit checkpoints
-# it (`_open_journal`). bench_peers: ~12% more callbacks a second than at
-# SQLite's default of 1,000, for ~5 ms more at the p99.
+# it (`_open_journal`). Side by side: ~15% more callbacks a second than at
+# SQLite's default of 1,000, for ~5 ms more at the p99 (bench/README.md).
 CHECKPOINT_PAGES = 4000
 # The child's first frame when it has opened the backend; else why not.
 _READY = "ready"

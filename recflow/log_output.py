@@ -127,7 +127,9 @@ class LineFormatter(logging.Formatter):
         super().__init__(fmt)
         self._second: tuple[int, str] = (-1, "")
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(  # noqa: N802 - logging.Formatter's name
+        self, record: logging.LogRecord, datefmt: str | None = None
+    ) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
         second = int(record.created)

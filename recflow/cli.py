@@ -229,7 +229,7 @@ def _match_report(config: Any, event: Any) -> dict[str, Any]:
 @click.option("--listen", default=None, metavar="HOST:PORT", help="default: server.listen")
 @click.option(
     "--workers",
-    type=click.IntRange(0, 256),
+    type=click.IntRange(1, 256),
     default=None,
     help="worker threads (default: workers in the config)",
 )
@@ -259,12 +259,15 @@ def serve(
     runtime = pipeline.open_runtime(config, host, commit_process=True)
     threads = 0 if no_worker else (config.workers if workers is None else workers)
 
+    workers_process: WorkerProcess | None = None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The workers run in a process of their own (recflow.worker_process).
-        workers_process = None
+        # The workers run in a process of their own (recflow.worker_process),
+        # on the config loaded above, whatever the file says by then.
+        nonlocal workers_process
         if threads:
-            workers_process = WorkerProcess(config_path(config_file), threads)
+            workers_process = WorkerProcess(config.path, config.source, threads)
             runtime.pipeline.on_fresh = workers_process.wake
         try:
             yield
@@ -274,7 +277,12 @@ def serve(
             runtime.close()
             logger.info("recflow serve stopped: backend closed")
 
-    app = receive.create_app(config, host, runtime.pipeline, lifespan=lifespan)
+    def workers_problem() -> str | None:
+        return None if workers_process is None else workers_process.problem()
+
+    app = receive.create_app(
+        config, host, runtime.pipeline, lifespan=lifespan, workers_problem=workers_problem
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -350,14 +358,15 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  BROKEN: {entry['error']}")
 
 
-def _open_backend(config_file: str | None) -> tuple[Config, Runtime]:
-    """The loaded config and an opened runtime (no workers) for it."""
+def _open_backend(config_file: str | None, source: bytes | None = None) -> tuple[Config, Runtime]:
+    """The loaded config (`source` instead of the file's bytes, if given)
+    and an opened runtime (no workers) for it."""
     from recflow import config as config_module
     from recflow import pipeline
     from recflow.plugins import build_plugin_manager
 
     host = build_plugin_manager()
-    config = config_module.load(config_path(config_file), host.actions)
+    config = config_module.load(config_path(config_file), host.actions, source=source)
     return config, pipeline.open_runtime(config, host)
 
 
@@ -370,7 +379,10 @@ def _open_backend(config_file: str | None) -> tuple[Config, Runtime]:
     help="worker threads (default: workers in the config)",
 )
 @click.option("--parent-fd", type=int, default=None, hidden=True)
-def worker(config_file: str | None, workers: int | None, parent_fd: int | None) -> None:
+@click.option("--config-fd", type=int, default=None, hidden=True)
+def worker(
+    config_file: str | None, workers: int | None, parent_fd: int | None, config_fd: int | None
+) -> None:
     """Run steps from the backend, without receiving callbacks.
 
     SIGTERM or Ctrl-C lets running steps finish (30 s at most) and leaves
@@ -380,10 +392,12 @@ def worker(config_file: str | None, workers: int | None, parent_fd: int | None) 
     import threading
 
     from recflow import secrets
-    from recflow.worker_process import follow_parent
+    from recflow.worker_process import follow_parent, read_snapshot
 
     setup_logging()
-    config, runtime = _open_backend(config_file)
+    # Started by `recflow serve`: its config, as it loaded it.
+    source = None if config_fd is None else read_snapshot(config_fd)
+    config, runtime = _open_backend(config_file, source)
     secrets.install(secrets.Redactor(config.secrets))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

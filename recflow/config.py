@@ -142,6 +142,9 @@ class Config:
     # Problems that do not stop a load but that whoever runs it should
     # hear of: `recflow check` prints them, `recflow serve` logs them.
     warnings: tuple[str, ...] = ()
+    # The file's bytes as loaded: `recflow serve` hands them to its worker
+    # process, so that an edit made since it started never reaches it.
+    source: bytes = dataclasses.field(default=b"", repr=False)
 
     def provider_for(self, account_sid: str) -> ProviderConfig | None:
         for provider in self.providers:
@@ -195,18 +198,23 @@ def load(
     actions: Mapping[str, ActionSpec],
     *,
     missing_action: Callable[[str], str] | None = None,
+    source: bytes | None = None,
 ) -> Config:
     """Read, check and compile the config file at `path`.
 
     `actions` is what rules may name (`build_plugin_manager().actions`);
     `missing_action(name)`, if given (`PluginHost.missing_action`), says
     why an action is unknown, e.g. that the plugin adding it is broken.
+    `source`, if given, is the file's content as read earlier (by the
+    process that started this one): it is compiled instead of what is on
+    disk now, and `path` still names the file in messages and is where
+    relative paths start from.
     Raises one `ConfigError` (the first problem, in file order, with the
     rest in `.others`) and returns nothing half-loaded. Messages never
     contain a secret.
     """
     with _collection_paused():
-        return _Loader(path, actions, missing_action).load()
+        return _Loader(path, actions, missing_action).load(source)
 
 
 @contextlib.contextmanager
@@ -250,14 +258,9 @@ class _Loader:
         # sections below them are not compiled, the others are.
         self.unsound: set[tuple[Any, ...]] = set()
 
-    def load(self) -> Config:
-        try:
-            with open(self.file, "rb") as handle:
-                raw = handle.read()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the config file: {_reason(exc)}", file=self.file
-            ) from None
+    def load(self, raw: bytes | None = None) -> Config:
+        if raw is None:
+            raw = self._read()
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -291,7 +294,17 @@ class _Loader:
             rules=rules,
             secrets=frozenset(self.secrets),
             warnings=self._warnings(server) + tuple(self.warnings),
+            source=raw,
         )
+
+    def _read(self) -> bytes:
+        try:
+            with open(self.file, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the config file: {_reason(exc)}", file=self.file
+            ) from None
 
     def _warnings(self, server: ServerConfig) -> tuple[str, ...]:
         warnings = []

@@ -84,13 +84,17 @@ def create_app(
     pipeline: Pipeline,
     *,
     lifespan: Lifespan[Starlette] | None = None,
+    workers_problem: Callable[[], str | None] | None = None,
 ) -> Starlette:
     """The receiver app; `lifespan` lets `recflow serve` start the workers.
+
+    `workers_problem()`, if given, says why the workers beside this
+    receiver may not be running; `/healthz` reports it.
 
     Raises `ConfigError` when a plugin route clashes with the callback
     path, `/healthz`, or another plugin's route.
     """
-    receiver = _Receiver(config, pipeline)
+    receiver = _Receiver(config, pipeline, workers_problem)
     routes: list[BaseRoute] = [
         # An ASGI app, not a `Request -> Response` function: see `_Receiver`.
         Route(config.server.path, receiver, methods=["GET", "POST"]),
@@ -162,9 +166,15 @@ class _Receiver:
     Starlette still routes to it and answers 404 and 405.
     """
 
-    def __init__(self, config: Config, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        workers_problem: Callable[[], str | None] | None = None,
+    ) -> None:
         self.config = config
         self.pipeline = pipeline
+        self.workers_problem = workers_problem
         self.proxies = config.server.trusted_proxies
         # Request ids: a random prefix per app and a counter, unique within
         # a run and across restarts in practice; no system call per request
@@ -212,9 +222,15 @@ class _Receiver:
         except Exception:
             logger.exception("health check of the backend raised")
             ok = False
-        if ok:
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"error": "backend unavailable"}, status_code=503)
+        if not ok:
+            return JSONResponse({"error": "backend unavailable"}, status_code=503)
+
+        # Callbacks are still received and kept: a 200, so that a load
+        # balancer keeps sending them here, with the workers' trouble said.
+        problem = self.workers_problem() if self.workers_problem else None
+        if problem:
+            return JSONResponse({"status": "degraded", "workers": problem})
+        return JSONResponse({"status": "ok"})
 
     async def _accept(
         self, scope: Scope, receive: Receive, seen: _Seen

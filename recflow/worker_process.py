@@ -9,6 +9,11 @@ a plugin that crashed the interpreter took the receiver down with it.
 `WorkerProcess` runs `recflow worker` beside the receiver, with the same
 config and thread count, joined to it by a pipe:
 
+- the config is the one the receiver loaded, byte for byte, handed over
+  in an unlinked file: a worker process started again hours later must
+  not pick up an edit of config.yaml that the receiver never loaded (a
+  broken file would stop every step, a renamed rule would fail them);
+
 - a byte on the pipe wakes the workers at once, as an enqueue in the same
   process would (`wake()`, called once per group of commits);
 - the end of the pipe means the receiver is gone: the worker process then
@@ -16,7 +21,8 @@ config and thread count, joined to it by a pipe:
   so that `kill -9` of `recflow serve` leaves nothing running (the steps
   it was running run again, at least once);
 - if the worker process exits on its own, it is started again after a
-  second, and that is logged.
+  second, and that is logged; `problem()` says so for `/healthz` while
+  it has exited in the last minute.
 
 `stop()` asks it to finish its running steps (SIGTERM: up to 30 s, as
 `recflow worker` does) before the receiver closes its backend.
@@ -30,21 +36,28 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
 # How long `stop` waits for running steps, a little over `recflow worker`'s 30 s.
 STOP_WAIT = 35.0
 RESTART_DELAY = 1.0
+# How long an exit of the worker process is reported by `problem()`.
+PROBLEM_WINDOW = 60.0
 
 
 class WorkerProcess:
     """A `recflow worker` child of the receiver, kept running until `stop()`."""
 
-    def __init__(self, config_path: str, workers: int) -> None:
+    def __init__(self, config_path: str, source: bytes, workers: int) -> None:
         self.config_path = os.path.abspath(config_path)
         self.workers = workers
+        self._config = _snapshot(source)
+        self._exits: list[tuple[float, int]] = []  # (when, status), last minute's
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._lock = threading.Lock()  # guards `_child` and `_stopping`
@@ -81,12 +94,27 @@ class WorkerProcess:
         for fd in (self._write, self._read):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._config.close()
+
+    def problem(self) -> str | None:
+        """Why the workers may not be running, if the process exited lately."""
+        with self._lock:
+            since = time.monotonic() - PROBLEM_WINDOW
+            self._exits = [(at, status) for at, status in self._exits if at >= since]
+            if not self._exits:
+                return None
+            count, status = len(self._exits), self._exits[-1][1]
+        times = "once" if count == 1 else f"{count} times"
+        return (
+            f"the worker process exited {times} in the last {PROBLEM_WINDOW:g} s"
+            f" (last status {status}); see the log"
+        )
 
     def _start(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-c", "from recflow.cli import main; main()", "worker"]
         command += ["-c", self.config_path, "--workers", str(self.workers)]
-        command += ["--parent-fd", str(self._read)]
-        child = subprocess.Popen(command, pass_fds=[self._read])
+        command += ["--parent-fd", str(self._read), "--config-fd", str(self._config.fileno())]
+        child = subprocess.Popen(command, pass_fds=[self._read, self._config.fileno()])
         logger.info("worker process started: pid %d, %d workers", child.pid, self.workers)
         return child
 
@@ -98,8 +126,33 @@ class WorkerProcess:
             with self._lock:
                 if self._stopping.is_set():
                     return
+                self._exits.append((time.monotonic(), status))
                 logger.error("the worker process exited (status %s): starting a new one", status)
                 self._child = self._start()
+
+
+def _snapshot(source: bytes) -> IO[bytes]:
+    """`source` in a file only this process and its children can reach.
+
+    Unlinked at once (readable through its descriptor alone), so that the
+    secrets a config holds are not left on disk, whatever kills us.
+    """
+    # Open as long as the WorkerProcess is: `stop()` closes it.
+    snapshot = tempfile.TemporaryFile(prefix="recflow-config-")  # noqa: SIM115
+    snapshot.write(source)
+    snapshot.flush()
+    return snapshot
+
+
+def read_snapshot(fd: int) -> bytes:
+    """In the worker process: the config bytes the receiver handed over."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    os.close(fd)
+    return b"".join(chunks)
 
 
 def follow_parent(fd: int, wake: threading.Event) -> None:

@@ -79,6 +79,38 @@ def test_steps_run_in_a_worker_process_that_is_replaced_when_killed(tmp_path):
     assert not alive(replacement), "the worker process outlived recflow serve"
 
 
+def test_a_new_worker_process_runs_the_config_serve_loaded_not_the_edited_file(tmp_path):
+    out, elsewhere = tmp_path / "runs.txt", tmp_path / "elsewhere.txt"
+    config = write_config(tmp_path, f'      - action: t_append\n        with: {{file: "{out}"}}\n')
+    loaded = config.read_text()
+
+    with running_server(config, env=ENV) as server:
+        first = _worker_of(server.process.pid)
+        assert httpx.get(server + "/healthz", timeout=30).json() == {"status": "ok"}
+        # Edited while serving, as one does before a restart that has not come
+        # yet: the rule renamed and its file changed.
+        config.write_text(
+            loaded.replace("name: log", "name: renamed").replace(str(out), str(elsewhere))
+        )
+        os.kill(first, signal.SIGKILL)
+        wait_for(
+            lambda: [p for p in children(server.process.pid, WORKER) if p != first],
+            what="a new worker process",
+        )
+        health = httpx.get(server + "/healthz", timeout=30)
+        assert _post(server.callback_url, "RE" + "5" * 32) == 204
+        wait_for(lambda: len(lines(out)) == 1, what="the step, as serve loaded it")
+        steps = wait_for(
+            lambda: settled_steps(tmp_path, "RE" + "5" * 32), what="the step to settle"
+        )
+
+    assert [(s["rule"], s["state"]) for s in steps] == [("log", "done")]
+    assert not elsewhere.exists()
+    assert health.status_code == 200
+    assert health.json()["status"] == "degraded"
+    assert "the worker process exited once in the last 60 s" in health.json()["workers"]
+
+
 def test_kill_9_of_serve_ends_its_worker_process_and_the_step_runs_again(tmp_path):
     out = tmp_path / "runs.txt"
     slow = f'      - action: t_append\n        with: {{file: "{out}", sleep: 3}}\n'

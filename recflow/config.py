@@ -562,10 +562,13 @@ class _Loader:
 
     def _backend(self, url: str) -> str:
         prefix = "sqlite:///"
-        if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
-            target = os.path.normpath(os.path.join(self.base_dir, url[len(prefix) :]))
-            return prefix + target
-        return url
+        if not url.startswith(prefix) or url == prefix:
+            return url
+        target = os.path.normpath(os.path.join(self.base_dir, url[len(prefix) :]))
+        problem = _sqlite_path_problem(target)
+        if problem:
+            self._error(f"{url}: {problem}", "backend")
+        return prefix + target
 
     def _rules(self, raw: Any) -> tuple[RuleConfig, ...]:
         """The rules; those the schema found fault with are compiled as far as sound."""
@@ -724,6 +727,24 @@ class _Loader:
         elif isinstance(value, list):
             for item in value:
                 self._collect_url_passwords(item)
+
+
+def _sqlite_path_problem(path: str) -> str | None:
+    """Why SQLite could never open a database at `path`, told before `serve` tries.
+
+    Folders that do not exist yet are fine (they are made at start); a
+    file standing where a folder must be, or a folder where the database
+    must be, is not. Permissions are not judged: `recflow check` may run
+    as another user than the service.
+    """
+    if os.path.isdir(path):
+        return f"{path} is a folder; name a file in it, e.g. {os.path.join(path, 'recflow.db')}"
+    folder = os.path.dirname(path)
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if folder and not os.path.isdir(folder):
+        return f"{folder} is a file, not a folder"
+    return None
 
 
 def _unknown_statuses(value: Any) -> list[Any]:

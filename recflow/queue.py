@@ -179,7 +179,7 @@ class StepQueue:
         except BackendError:
             raise
         except Exception as exc:
-            raise BackendError(f"cannot open the queue: {exc}") from exc
+            raise BackendError(f"cannot open the queue {backend.location}: {exc}") from exc
         # The body never runs: workers read the task's arguments and run the
         # step themselves, so that the journal decides whether it runs.
         self._task = self.huey.task(name="recflow.step")(_never_called)

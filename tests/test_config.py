@@ -187,6 +187,18 @@ rules:
 
 ERRORS = [
     pytest.param(
+        PROVIDER + "backend: sqlite:////etc/passwd/recflow.db  # <-\n",
+        "backend",
+        "sqlite:////etc/passwd/recflow.db: /etc/passwd is a file, not a folder",
+        id="sqlite-under-a-file",
+    ),
+    pytest.param(
+        PROVIDER + "backend: sqlite:///.  # <-\n",
+        "backend",
+        "is a folder; name a file in it",
+        id="sqlite-is-a-folder",
+    ),
+    pytest.param(
         PROVIDER
         + """\
 rules:

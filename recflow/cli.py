@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from recflow.errors import RecflowError
+from recflow.log_output import counted
 
 if TYPE_CHECKING:
     from recflow.config import Config
@@ -113,7 +114,7 @@ def check(config_file: str | None) -> None:
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(
-        f"ok: {_count(len(config.rules), 'rule')}, {_count(len(config.providers), 'provider')}"
+        f"ok: {counted(len(config.rules), 'rule')}, {counted(len(config.providers), 'provider')}"
     )
 
 
@@ -161,10 +162,6 @@ def match(config_file: str | None, as_json: bool, payload: Any) -> None:
                 _say(f"         error: {step['error']}")
             for key, value in (step["with"] or {}).items():
                 _say(f"         {key}: {json.dumps(value, ensure_ascii=False)}")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _say(text: str) -> None:

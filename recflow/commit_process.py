@@ -43,6 +43,7 @@ from typing import Any
 
 from recflow.errors import BackendError
 from recflow.journal import Journal, NewEvent, open_journal
+from recflow.log_output import counted
 from recflow.queue import Backend
 
 logger = logging.getLogger(__name__)
@@ -307,10 +308,10 @@ class CommitProcess:
         if lost:
             answered = "not answered: the receiver is stopping" if self._closed else "answered 503"
             logger.error(
-                "%s (exit status %s); %d callbacks not committed, %s",
+                "%s (exit status %s); %s not committed, %s",
                 reason,
                 status,
-                len(lost),
+                counted(len(lost), "callback"),
                 answered,
             )
         elif status not in (0, None) and not self._closed:

@@ -139,3 +139,8 @@ class LineFormatter(logging.Formatter):
             stamp = time.strftime(self.default_time_format, self.converter(record.created))
             cached = self._second = (second, stamp)
         return f"{cached[1]},{int(record.msecs):03d}"
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 callback`, `2 callbacks`: counts in log lines read as English."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

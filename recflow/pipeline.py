@@ -43,6 +43,7 @@ from recflow.config import Config, RuleConfig
 from recflow.errors import BackendError
 from recflow.event import Event
 from recflow.journal import Journal, NewEvent, Owner, open_journal
+from recflow.log_output import counted
 from recflow.plugins import PluginHost
 from recflow.queue import StepQueue, parse_backend
 from recflow.worker import StepRunner, WorkerPool
@@ -241,9 +242,9 @@ class Pipeline:
         if late:
             self._failed_at = now
             logger.error(
-                "%d callbacks not committed within %g s, answered 503: is the commit process"
+                "%s not committed within %g s, answered 503: is the commit process"
                 " stalled, or the backend locked?",
-                len(late),
+                counted(len(late), "callback"),
                 COMMIT_TIMEOUT,
             )
             reason = f"not committed within {COMMIT_TIMEOUT:g} s"
@@ -262,7 +263,9 @@ class Pipeline:
         try:
             self._process.send(items, loop)
         except BackendError as exc:
-            logger.error("cannot send %d callbacks to the commit process: %s", len(items), exc)
+            logger.error(
+                "cannot send %s to the commit process: %s", counted(len(items), "callback"), exc
+            )
             self._lost([number for number, _ in items], str(exc))
 
     def _answered(self, answers: list[tuple[int, Answer]]) -> None:
@@ -282,7 +285,7 @@ class Pipeline:
                     outcomes.append(BackendError(answer))
                     errors[answer] = errors.get(answer, 0) + 1
         for message, count in errors.items():
-            logger.error("cannot commit %d callbacks: %s", count, message)
+            logger.error("cannot commit %s: %s", counted(count, "callback"), message)
         if errors:
             self._failed_at = time.time()
         if True in outcomes:

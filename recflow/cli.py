@@ -237,6 +237,7 @@ def serve(
     """Receive callbacks over HTTP, and run their steps unless --no-worker."""
     import contextlib
     from collections.abc import AsyncIterator
+    from types import FrameType
 
     import uvicorn
     from starlette.applications import Starlette
@@ -264,7 +265,7 @@ def serve(
         # on the config loaded above, whatever the file says by then.
         nonlocal workers_process
         if threads:
-            workers_process = WorkerProcess(config.path, config.source, threads)
+            workers_process = WorkerProcess(config.real_path or config.path, config.source, threads)
             runtime.pipeline.on_fresh = workers_process.wake
         try:
             yield
@@ -280,7 +281,16 @@ def serve(
     app = receive.create_app(
         config, host, runtime.pipeline, lifespan=lifespan, workers_problem=workers_problem
     )
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Before uvicorn's own shutdown: the signal may have reached the
+            # worker process too, which is then not to be started again.
+            if workers_process is not None:
+                workers_process.stopping()
+            super().handle_exit(sig, frame)
+
+    server = Server(
         uvicorn.Config(
             app,
             loop="uvloop",

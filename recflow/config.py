@@ -19,7 +19,11 @@ Details a user meets:
 - Every value taken from the environment and every password written in a
   URL goes into `Config.secrets`, as do providers' tokens and keys.
 - `sqlite:///relative` backends and `file://./` or `file://../` prefixes
-  of step parameters are resolved against the config file's directory.
+  of step parameters are resolved against the config file's real
+  directory (symlinks followed), once, at load: a deploy that switches a
+  `current` symlink does not move a running service's database from
+  under it, nor split it between its processes. `sqlite:///~/x.db` is in
+  the home directory.
 - A signalwire `space` without a dot is a space name: `acme` means
   `acme.signalwire.com`.
 - Hostile YAML fails as one located line like any other mistake: control
@@ -145,6 +149,9 @@ class Config:
     # The file's bytes as loaded: `recflow serve` hands them to its worker
     # process, so that an edit made since it started never reaches it.
     source: bytes = dataclasses.field(default=b"", repr=False)
+    # `path` with symlinks resolved at load: relative paths start from its
+    # directory, and a worker process started later is given this one.
+    real_path: str = ""
 
     def provider_for(self, account_sid: str) -> ProviderConfig | None:
         for provider in self.providers:
@@ -247,7 +254,8 @@ class _Loader:
     ) -> None:
         self.file = path
         self.missing_action = missing_action
-        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.real_path = os.path.realpath(path)
+        self.base_dir = os.path.dirname(self.real_path)
         self.actions = actions
         self.lines: dict[str, int] = {}
         self.secrets: set[str] = set()
@@ -295,6 +303,7 @@ class _Loader:
             secrets=frozenset(self.secrets),
             warnings=self._warnings(server) + tuple(self.warnings),
             source=raw,
+            real_path=self.real_path,
         )
 
     def _read(self) -> bytes:
@@ -562,9 +571,16 @@ class _Loader:
 
     def _backend(self, url: str) -> str:
         prefix = "sqlite:///"
-        if not url.startswith(prefix) or url == prefix:
+        if not url.startswith(prefix):
             return url
-        target = os.path.normpath(os.path.join(self.base_dir, url[len(prefix) :]))
+        written = url[len(prefix) :]
+        if "?" in written:
+            self._error(
+                f"{url}: query parameters are not read; name the database file alone",
+                "backend",
+            )
+            return url
+        target = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(written)))
         problem = _sqlite_path_problem(target)
         if problem:
             self._error(f"{url}: {problem}", "backend")
@@ -729,16 +745,32 @@ class _Loader:
                 self._collect_url_passwords(item)
 
 
+# What every SQLite 3 database file starts with.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def _sqlite_path_problem(path: str) -> str | None:
     """Why SQLite could never open a database at `path`, told before `serve` tries.
 
     Folders that do not exist yet are fine (they are made at start); a
-    file standing where a folder must be, or a folder where the database
-    must be, is not. Permissions are not judged: `recflow check` may run
-    as another user than the service.
+    file standing where a folder must be, a folder or device where the
+    database must be, or a file that is not SQLite's, is not. Permissions
+    are not judged: `recflow check` may run as another user than the
+    service.
     """
     if os.path.isdir(path):
         return f"{path} is a folder; name a file in it, e.g. {os.path.join(path, 'recflow.db')}"
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            return f"{path} is not a regular file"
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError:
+            return None  # perhaps readable by the service's user
+        if header and header != _SQLITE_HEADER:
+            return f"{path} is not an SQLite database (its first bytes say otherwise)"
+        return None
     folder = os.path.dirname(path)
     while folder and not os.path.exists(folder):
         folder = os.path.dirname(folder)

@@ -62,6 +62,7 @@ class WorkerProcess:
         os.set_blocking(self._write, False)
         self._lock = threading.Lock()  # guards `_child` and `_stopping`
         self._stopping = threading.Event()
+        self._shutting_down = False  # set by `stopping()`, from a signal handler
         self._child = self._start()
         self._watcher = threading.Thread(
             target=self._watch, name="recflow-worker-watch", daemon=True
@@ -118,15 +119,27 @@ class WorkerProcess:
         logger.info("worker process started: pid %d, %d workers", child.pid, self.workers)
         return child
 
+    def stopping(self) -> None:
+        """The receiver is shutting down: start no new worker process from now.
+
+        Called from `recflow serve`'s signal handler, ahead of `stop()`:
+        a SIGTERM sent to the whole process group (systemd's default)
+        also ends the worker process, which must not then be restarted.
+        A plain assignment, not `Event.set`: a signal handler must not
+        wait for a lock its own thread may hold.
+        """
+        self._shutting_down = True
+
     def _watch(self) -> None:
         while True:
             status = self._child.wait()
-            if self._stopping.wait(0 if status == 0 else RESTART_DELAY):
+            with self._lock:
+                self._exits.append((time.monotonic(), status))
+            if self._stopping.wait(RESTART_DELAY):
                 return
             with self._lock:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self._shutting_down:
                     return
-                self._exits.append((time.monotonic(), status))
                 logger.error("the worker process exited (status %s): starting a new one", status)
                 self._child = self._start()
 

@@ -60,7 +60,8 @@ def running_server(
     seconds. On exit: SIGTERM, then SIGKILL if it has not stopped after
     15 s. `env` is added to this process's environment.
     """
-    config_path = Path(config_path).resolve()
+    # Absolute, symlinks kept: serve is started on the path as given.
+    config_path = Path(os.path.abspath(config_path))
     logs = Path(tempfile.mkdtemp(prefix="recflow-serve-"))
     # Tests read the logs after the server stopped: remove them at exit.
     atexit.register(shutil.rmtree, logs, ignore_errors=True)

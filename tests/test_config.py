@@ -137,6 +137,30 @@ def test_relative_paths_resolve_against_the_config_directory(
     assert up.rules[0].steps[0].raw_params["to"].startswith(f"file://{tmp_path}/rec/")
 
 
+def test_relative_paths_follow_a_symlinked_directory_once_at_load(tmp_path: Path) -> None:
+    releases = [tmp_path / "v1", tmp_path / "v2"]
+    for release in releases:
+        release.mkdir()
+        write_config(release, PROVIDER + "backend: sqlite:///./var/q.db\n" + STORE_RULE)
+    current = tmp_path / "current"
+    current.symlink_to(releases[0])
+
+    cfg = config.load(str(current / "config.yaml"), ACTIONS)
+    current.unlink()
+    current.symlink_to(releases[1])
+
+    assert cfg.path == str(current / "config.yaml")
+    assert cfg.real_path == str(releases[0] / "config.yaml")
+    assert cfg.backend == f"sqlite:///{releases[0]}/var/q.db"
+    assert cfg.rules[0].steps[0].raw_params["to"].startswith(f"file://{releases[0]}/rec/")
+
+
+def test_a_database_in_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_text(tmp_path, PROVIDER + "backend: sqlite:///~/recflow.db\n")
+    assert cfg.backend == f"sqlite:///{tmp_path}/home/recflow.db"
+
+
 @pytest.mark.parametrize(
     "backend",
     [
@@ -197,6 +221,24 @@ ERRORS = [
         "backend",
         "is a folder; name a file in it",
         id="sqlite-is-a-folder",
+    ),
+    pytest.param(
+        PROVIDER + "backend: sqlite:////etc/passwd  # <-\n",
+        "backend",
+        "sqlite:////etc/passwd: /etc/passwd is not an SQLite database",
+        id="sqlite-not-a-database",
+    ),
+    pytest.param(
+        PROVIDER + "backend: sqlite:////dev/null  # <-\n",
+        "backend",
+        "/dev/null is not a regular file",
+        id="sqlite-a-device",
+    ),
+    pytest.param(
+        PROVIDER + "backend: sqlite:///./var/r.db?timeout=5  # <-\n",
+        "backend",
+        "query parameters are not read",
+        id="sqlite-query",
     ),
     pytest.param(
         PROVIDER

@@ -9,8 +9,12 @@ file, so the file counts real runs.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -36,6 +40,7 @@ pytestmark = [
 
 ENV = {"TEST_TOKEN": TOKEN}
 WORKER = b"--parent-fd"
+COMMITTER = b"recflow.commit_process"
 
 
 @pytest.fixture(autouse=True)
@@ -109,6 +114,64 @@ def test_a_new_worker_process_runs_the_config_serve_loaded_not_the_edited_file(t
     assert health.status_code == 200
     assert health.json()["status"] == "degraded"
     assert "the worker process exited once in the last 60 s" in health.json()["workers"]
+
+
+def test_a_symlink_switch_moves_no_process_of_serve_to_another_database(tmp_path):
+    # A deploy that switches `current` from one release to the next, with
+    # `recflow serve -c current/config.yaml` running the old one meanwhile.
+    out = tmp_path / "runs.txt"
+    v1, v2, current = tmp_path / "v1", tmp_path / "v2", tmp_path / "current"
+    v1.mkdir()
+    v2.mkdir()
+    write_config(v1, f'      - action: t_append\n        with: {{file: "{out}"}}\n')
+    shutil.copy(v1 / "config.yaml", v2 / "config.yaml")
+    current.symlink_to(v1)
+    recording = "RE" + "6" * 32
+
+    with running_server(current / "config.yaml", env=ENV) as server:
+        worker = _worker_of(server.process.pid)
+        committer = children(server.process.pid, COMMITTER)[0]
+        (tmp_path / "next").symlink_to(v2)
+        os.replace(tmp_path / "next", current)
+        # Both children die after the switch and are started again.
+        os.kill(worker, signal.SIGKILL)
+        os.kill(committer, signal.SIGKILL)
+        wait_for(
+            lambda: [p for p in children(server.process.pid, WORKER) if p != worker],
+            what="a new worker process",
+        )
+        # The callback the dead committer could not answer is retried, as a
+        # provider would after a 503.
+        wait_for(lambda: _post(server.callback_url, recording) == 204, what="a 204")
+        wait_for(lambda: len(lines(out)) == 1, what="the step")
+        steps = wait_for(lambda: settled_steps(v1, recording), what="the step in v1's journal")
+
+    assert [s["state"] for s in steps] == ["done"]
+    assert not (v2 / "var").exists(), "a process of serve opened the new release's database"
+
+
+def test_sigterm_to_the_process_group_starts_no_new_worker_process(tmp_path):
+    config = write_config(tmp_path, '      - action: t_append\n        with: {file: "/dev/null"}\n')
+
+    with running_server(config, env=ENV) as server:
+        worker = _worker_of(server.process.pid)
+        callback = urlsplit(server.callback_url)
+        with socket.create_connection((callback.hostname, callback.port)) as slow:
+            # A callback still arriving keeps serve in its shutdown for a few
+            # seconds, as a busy one would be.
+            slow.sendall(
+                f"POST {callback.path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n\r\nAccountSid=".encode()
+            )
+            time.sleep(0.3)
+            # What systemd does by default: every process of the group at once.
+            os.kill(server.process.pid, signal.SIGTERM)
+            os.kill(worker, signal.SIGTERM)
+            server.process.wait(60)
+    log = server.log()
+
+    assert "starting a new one" not in log
+    assert children(server.process.pid, WORKER) == []
 
 
 def test_kill_9_of_serve_ends_its_worker_process_and_the_step_runs_again(tmp_path):

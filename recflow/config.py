@@ -474,6 +474,13 @@ class _Loader:
             return f"found {describe(found)}; expected at least {expected} item(s)"
         if kind == "pattern":
             shape = schema.get("description") or f"a string matching {expected}"
+            if isinstance(found, str) and "{{" in found:
+                # Checked as written, before rendering: the fixed part must fit.
+                return (
+                    f"found the template {found!r}; expected {shape}: a template is"
+                    " checked as written, so write the fixed part out"
+                    " (e.g. https://host/{{ ... }})"
+                )
             return f"found {describe(found)}; expected {shape}"
         return " ".join(error.message.split())
 

@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 _MARKERS = ("{{", "{%", "{#")
 
 
+class StepsSoFar(dict[str, Any]):
+    """`steps` in a template: the outputs of the rule's earlier steps, by id.
+
+    A type of its own so that `steps.nosuch` is reported as a step id
+    that no earlier step has, not as a missing key of some mapping.
+    """
+
+
 class _Undefined(jinja2.StrictUndefined):
     """StrictUndefined with messages that name recflow's objects plainly."""
 
@@ -46,6 +54,9 @@ class _Undefined(jinja2.StrictUndefined):
             return f"event has no field {name!r}; fields: {accepted}"
         if isinstance(obj, MappingProxyType) and name is not None:
             return f"event.params has no parameter {name!r} in this callback"
+        if isinstance(obj, StepsSoFar) and name is not None:
+            ids = ", ".join(sorted(obj)) or "none (give a step an id: to use its outputs)"
+            return f"no earlier step has the id {name!r}; earlier steps' ids: {ids}"
         if isinstance(obj, dict) and name is not None and obj is not None:
             known = ", ".join(sorted(map(str, obj))) or "none"
             return f"no {name!r} here; known: {known}"
@@ -194,9 +205,9 @@ class StepOutputs(Mapping[str, str]):
         return 0
 
 
-def placeholder_steps(step_ids: list[str | None]) -> dict[str, StepOutputs]:
+def placeholder_steps(step_ids: list[str | None]) -> StepsSoFar:
     """Placeholder outputs for the steps with an id among `step_ids`."""
-    return {sid: StepOutputs(sid) for sid in step_ids if sid}
+    return StepsSoFar((sid, StepOutputs(sid)) for sid in step_ids if sid)
 
 
 def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None) -> list[str]:

@@ -31,7 +31,7 @@ from recflow.journal import Claim, Journal, Owner
 from recflow.plugins import PluginHost, call_action
 from recflow.queue import StepKey, StepQueue
 from recflow.secrets import Redactor
-from recflow.templates import render_params
+from recflow.templates import StepsSoFar, render_params
 
 logger = logging.getLogger(__name__)
 action_logger = logging.getLogger("recflow.action")
@@ -127,7 +127,7 @@ class StepRunner:
         provider = self.config.provider_for(event.account_sid)
         if provider is None:
             raise _Permanent(f"no provider in the config has account {event.account_sid}")
-        by_id = {sid: dict(out) for _, sid, out in claim.previous if sid}
+        by_id = StepsSoFar((sid, dict(out)) for _, sid, out in claim.previous if sid)
         try:
             params = render_params(
                 step.params, {"event": event, "rule": {"name": rule.name}, "steps": by_id}

@@ -847,3 +847,18 @@ def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{path}:{marked_line(text)}: byte 0xe9 is not UTF-8 text; save the file as UTF-8"
     )
+
+
+def test_a_template_where_a_pattern_is_expected_says_the_pattern_sees_it_unrendered(
+    tmp_path: Path,
+) -> None:
+    text = PROVIDER + "rules:\n  - name: r\n    steps:\n      - action: webhook\n"
+    text += '        with: {url: "{{ event.recording_url }}"}  # <-\n'
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, build_plugin_manager().actions)
+    assert str(caught.value) == (
+        f"{path}:{marked_line(text)}: rules[0].steps[0].with.url: found the template"
+        " '{{ event.recording_url }}'; expected a string matching ^https?://: a template is"
+        " checked as written, so write the fixed part out (e.g. https://host/{{ ... }})"
+    )

@@ -148,7 +148,9 @@ rules:
     assert problems[0].startswith(f"{path}:{line}: rules[0].steps[1].with.body: ")
     assert "recording_sd" in problems[0]
     assert problems[1].startswith(f"{path}:{line + 3}: rules[0].steps[2].with.body: ")
-    assert "'later'" in problems[1]
+    assert problems[1].endswith(
+        "no earlier step has the id 'later'; earlier steps' ids: archive"
+    ), problems[1]
     assert len(problems) == 2
 
 
@@ -201,3 +203,12 @@ def test_check_config_reports_a_check_that_raises(tmp_path: Path) -> None:
     )
     (problem,) = check_config(config.load(path, actions), actions)
     assert problem.endswith("the check of action 'store' (acme) failed: 'format'")
+
+
+def test_a_step_id_where_no_earlier_step_has_one_says_how_to_name_one() -> None:
+    params = compile_params({"body": "{{ steps.archive.url }}"}, "with")
+    with pytest.raises(TemplateError) as caught:
+        render_params(
+            params, {"event": EVENT, "rule": {"name": "r"}, "steps": placeholder_steps([None])}
+        )
+    assert "no earlier step has the id 'archive'; earlier steps' ids: none" in str(caught.value)

@@ -451,9 +451,10 @@ class _Loader:
                 (f"unknown key {key!r}; accepted: {', '.join(allowed)}", join_path(path, key))
                 for key in extra or ["?"]
             ]
-        return [(self._schema_message(error), path)]
+        return [(self._schema_message(error, templated=prefix.endswith("with")), path)]
 
-    def _schema_message(self, error: jsonschema.ValidationError) -> str:
+    def _schema_message(self, error: jsonschema.ValidationError, templated: bool = False) -> str:
+        """What is wrong, in a user's words; `templated`: values there may be templates."""
         kind, expected, found = error.validator, error.validator_value, error.instance
         schema = error.schema if isinstance(error.schema, dict) else {}
         if kind == "required" and isinstance(found, dict):
@@ -474,12 +475,12 @@ class _Loader:
             return f"found {describe(found)}; expected at least {expected} item(s)"
         if kind == "pattern":
             shape = schema.get("description") or f"a string matching {expected}"
-            if isinstance(found, str) and "{{" in found:
+            if templated and isinstance(found, str) and "{{" in found:
                 # Checked as written, before rendering: the fixed part must fit.
                 return (
                     f"found the template {found!r}; expected {shape}: a template is"
-                    " checked as written, so write the fixed part out"
-                    " (e.g. https://host/{{ ... }})"
+                    " checked as written, before it is rendered, so write out the part"
+                    " the pattern needs"
                 )
             return f"found {describe(found)}; expected {shape}"
         return " ".join(error.message.split())

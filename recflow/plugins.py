@@ -67,6 +67,10 @@ class ActionSpec:
     `recflow check` calls it with each step's parameters rendered against
     a sample event and prints the one-line problems it returns. It must
     not send or write anything.
+
+    `outputs`, optional, names every output `run` may return: `recflow
+    check` then reports `{{ steps.ID.NAME }}` with any other NAME, which
+    would otherwise fail only when the step runs. None: not declared.
     """
 
     name: str
@@ -75,6 +79,7 @@ class ActionSpec:
     description: str = ""
     plugin: str = ""
     check: ActionCheck | None = None
+    outputs: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -356,8 +361,9 @@ def call_action(spec: ActionSpec, params: Mapping[str, Any], ctx: StepContext) -
     A coroutine function's result is awaited in a fresh event loop (a
     worker thread has none; if the caller's thread already runs a loop,
     in a thread of its own). `None` means no outputs. Anything that is
-    not a mapping of string keys to JSON values fails the step
-    permanently: running the same code again would not fix it.
+    not a mapping of string keys to JSON values, or a key the action does
+    not declare in `ActionSpec.outputs`, fails the step permanently:
+    running the same code again would not fix it.
     """
     result: Any = spec.run(dict(params), ctx)
     if inspect.isawaitable(result):
@@ -379,6 +385,12 @@ def checked_outputs(spec: ActionSpec, result: Any) -> dict[str, Any]:
     for key, value in result.items():
         if not isinstance(key, str):
             raise ActionError(f"{who} returned output key {key!r}, not a string", permanent=True)
+        if spec.outputs is not None and key not in spec.outputs:
+            raise ActionError(
+                f"{who} returned output {key!r}, which it does not declare"
+                f" (outputs: {', '.join(spec.outputs)})",
+                permanent=True,
+            )
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,9 @@ class _Undefined(jinja2.StrictUndefined):
             return f"event has no field {name!r}; fields: {accepted}"
         if isinstance(obj, MappingProxyType) and name is not None:
             return f"event.params has no parameter {name!r} in this callback"
+        if isinstance(obj, StepOutputs) and name is not None:
+            outputs = ", ".join(obj.known or ())
+            return f"step {obj.step_id!r} has no output {name!r}; its outputs: {outputs}"
         if isinstance(obj, StepsSoFar) and name is not None:
             ids = ", ".join(sorted(obj)) or "none (give a step an id: to use its outputs)"
             return f"no earlier step has the id {name!r}; earlier steps' ids: {ids}"
@@ -186,35 +189,48 @@ def sample_event() -> Event:
 
 
 class StepOutputs(Mapping[str, str]):
-    """Stand-in outputs of a step that has not run: any name reads as a placeholder.
+    """Stand-in outputs of a step that has not run, each read as a placeholder.
 
     ``steps.archive.url`` renders as ``<steps.archive.url>``; `recflow
-    match` shows these, and `check_config` renders against them.
+    match` shows these, and `check_config` renders against them. With
+    `known` (the action's declared `ActionSpec.outputs`), other names are
+    undefined, so that a misspelt output fails the check, not the step.
     """
 
-    def __init__(self, step_id: str) -> None:
-        self._step_id = step_id
+    def __init__(self, step_id: str, known: Collection[str] | None = None) -> None:
+        self.step_id = step_id
+        self.known = None if known is None else tuple(sorted(known))
 
     def __getitem__(self, name: str) -> str:
-        return f"<steps.{self._step_id}.{name}>"
+        if self.known is not None and name not in self.known:
+            raise KeyError(name)
+        return f"<steps.{self.step_id}.{name}>"
 
     def __iter__(self) -> Iterator[str]:
-        return iter(())
+        return iter(self.known or ())
 
     def __len__(self) -> int:
-        return 0
+        return len(self.known or ())
 
 
-def placeholder_steps(step_ids: list[str | None]) -> StepsSoFar:
-    """Placeholder outputs for the steps with an id among `step_ids`."""
-    return StepsSoFar((sid, StepOutputs(sid)) for sid in step_ids if sid)
+def placeholder_steps(
+    step_ids: list[str | None], outputs: Mapping[str, Collection[str] | None] | None = None
+) -> StepsSoFar:
+    """Placeholder outputs for the steps with an id among `step_ids`.
+
+    `outputs` maps a step id to the output names its action declares;
+    a step missing from it may have any.
+    """
+    known = outputs or {}
+    return StepsSoFar((sid, StepOutputs(sid, known.get(sid))) for sid in step_ids if sid)
 
 
 def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None) -> list[str]:
     """Render every step's templates against `sample_event()`; located errors.
 
-    Each earlier step with an id offers placeholder outputs (any output
-    name is accepted), and any `params.NAME` reads as a placeholder, so
+    Each earlier step with an id offers placeholder outputs (those its
+    action declares, or any name if it declares none), and any
+    `params.NAME` reads as a placeholder, so
     what is reported are real mistakes: a misspelt field, a step id that
     is not an earlier step's, a failing filter. When `actions` is given,
     each step whose templates render is also passed, rendered, to its
@@ -224,11 +240,12 @@ def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None
     errors: list[str] = []
     for rule_index, rule in enumerate(config.rules):
         earlier: list[str | None] = []
+        declared: dict[str, Collection[str] | None] = {}
         for step in rule.steps:
             context = {
                 "event": event,
                 "rule": {"name": rule.name},
-                "steps": placeholder_steps(earlier),
+                "steps": placeholder_steps(earlier, declared),
             }
             params = step.params if isinstance(step.params, Compiled) else Compiled(step.params)
             failed = False
@@ -250,6 +267,8 @@ def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None
                     )
                 )
             earlier.append(step.id)
+            if step.id and spec is not None:
+                declared[step.id] = spec.outputs
     return errors
 
 

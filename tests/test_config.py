@@ -860,5 +860,14 @@ def test_a_template_where_a_pattern_is_expected_says_the_pattern_sees_it_unrende
     assert str(caught.value) == (
         f"{path}:{marked_line(text)}: rules[0].steps[0].with.url: found the template"
         " '{{ event.recording_url }}'; expected a string matching ^https?://: a template is"
-        " checked as written, so write the fixed part out (e.g. https://host/{{ ... }})"
+        " checked as written, before it is rendered, so write out the part the pattern needs"
     )
+
+
+def test_a_template_outside_with_is_not_explained_as_one(tmp_path: Path) -> None:
+    text = PROVIDER + "rules:\n  - name: r\n    steps:\n      - action: delete\n"
+    text += '        id: "a{{ rule.name }}"  # <-\n'
+    with pytest.raises(ConfigError) as caught:
+        config.load(write_config(tmp_path, text), ACTIONS)
+    assert "rules[0].steps[0].id: found the string 'a{{ rule.name }}'" in str(caught.value)
+    assert "checked as written" not in str(caught.value)

@@ -128,6 +128,20 @@ def test_call_action_refuses_outputs_the_journal_cannot_hold(result: Any, compla
     assert complaint in str(caught.value)
 
 
+def test_call_action_refuses_an_output_the_action_does_not_declare() -> None:
+    declared = ("url", "bytes")
+    spec = ActionSpec(
+        name="keep", run=lambda p, c: {"url": "u", "size": 3}, plugin="box", outputs=declared
+    )
+    with pytest.raises(ActionError) as caught:
+        call_action(spec, {}, None)
+    assert caught.value.permanent
+    assert str(caught.value) == (
+        "action 'keep' of plugin box returned output 'size', which it does not declare"
+        " (outputs: url, bytes)"
+    )
+
+
 # -- validating what plugins register ------------------------------------------
 
 

@@ -12,6 +12,7 @@ from config_util import ACTIONS, PROVIDER, marked_line, write_config
 from recflow import config
 from recflow.errors import ConfigError, TemplateError
 from recflow.event import parse_event
+from recflow.plugins import build_plugin_manager
 from recflow.templates import (
     check_config,
     compile_params,
@@ -212,3 +213,31 @@ def test_a_step_id_where_no_earlier_step_has_one_says_how_to_name_one() -> None:
             params, {"event": EVENT, "rule": {"name": "r"}, "steps": placeholder_steps([None])}
         )
     assert "no earlier step has the id 'archive'; earlier steps' ids: none" in str(caught.value)
+
+
+def test_check_config_knows_the_outputs_an_action_declares(tmp_path: Path) -> None:
+    text = (
+        PROVIDER
+        + """\
+rules:
+  - name: archive
+    steps:
+      - id: archive
+        action: store
+        with: {to: "file:///r/{{ event.recording_sid }}.wav"}
+      - action: webhook
+        with:
+          url: "https://hooks.example.com/stored"
+          headers: {X-Stored: "{{ steps.archive.urll }}"}  # <-
+      - action: webhook
+        with:
+          url: "https://hooks.example.com/{{ steps.archive.sha256 }}"
+"""
+    )
+    path = write_config(tmp_path, text)
+    actions = build_plugin_manager().actions
+    problems = check_config(config.load(path, actions), actions)
+    assert problems == [
+        f"{path}:{marked_line(text)}: rules[0].steps[1].with.headers.X-Stored: step 'archive'"
+        " has no output 'urll'; its outputs: bytes, content_type, format, sha256, url"
+    ]

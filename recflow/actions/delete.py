@@ -86,6 +86,7 @@ def register_actions(register: Any) -> None:
             name="delete",
             run=run,
             schema=SCHEMA,
+            outputs=("deleted",),
             description="delete the recording at the provider after a verified store",
         )
     )

@@ -253,6 +253,7 @@ def register_actions(register: Any) -> None:
             name="notify",
             run=run,
             schema=SCHEMA,
+            outputs=("sent",),
             description="send email, SMS or chat through apprise, optionally with the audio",
             check=check,
         )

@@ -268,6 +268,7 @@ def register_actions(register: Any) -> None:
             name="store",
             run=run,
             schema=SCHEMA,
+            outputs=("url", "bytes", "sha256", "content_type", "format"),
             description="stream the recording to a file, S3 or any fsspec URL",
             check=check,
         )

@@ -89,6 +89,7 @@ def register_actions(register: Any) -> None:
             name="webhook",
             run=run,
             schema=SCHEMA,
+            outputs=("status_code",),
             description="post the event and step outputs as JSON to a URL",
         )
     )

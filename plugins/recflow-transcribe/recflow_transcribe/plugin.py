@@ -149,6 +149,7 @@ def register_actions(register: Any) -> None:
             name="transcribe",
             run=transcribe,
             schema=schema(),
+            outputs=("text", "words", "engine", "url"),
             description="transcribe the recording offline (pocketsphinx, or another engine)",
         )
     )

@@ -127,7 +127,7 @@ class CommitProcess:
             )
         if self._child is not None and self._child.poll() is not None:
             # Died while idle, before the loop read the end of its socket.
-            self._gone(f"the commit process exited (status {self._child.returncode})")
+            self._gone("the commit process exited")
         if self._sock is None:
             self._start()
         if loop is not None and self._loop is not loop:

@@ -19,11 +19,12 @@ Details a user meets:
 - Every value taken from the environment and every password written in a
   URL goes into `Config.secrets`, as do providers' tokens and keys.
 - `sqlite:///relative` backends and `file://./` or `file://../` prefixes
-  of step parameters are resolved against the config file's real
-  directory (symlinks followed), once, at load: a deploy that switches a
-  `current` symlink does not move a running service's database from
-  under it, nor split it between its processes. `sqlite:///~/x.db` is in
-  the home directory.
+  of step parameters are resolved against the config file's directory,
+  its symlinks resolved once, at load: a deploy that switches a `current`
+  symlink does not move a running service's database from under it, nor
+  split it between its processes. (A config file that is itself a
+  symlink still resolves beside the link.) `sqlite:///~/x.db` is in the
+  home directory.
 - A signalwire `space` without a dot is a space name: `acme` means
   `acme.signalwire.com`.
 - Hostile YAML fails as one located line like any other mistake: control
@@ -149,8 +150,9 @@ class Config:
     # The file's bytes as loaded: `recflow serve` hands them to its worker
     # process, so that an edit made since it started never reaches it.
     source: bytes = dataclasses.field(default=b"", repr=False)
-    # `path` with symlinks resolved at load: relative paths start from its
-    # directory, and a worker process started later is given this one.
+    # `path` in its folder with the folder's symlinks resolved at load:
+    # relative paths start there, and a worker process started later is
+    # given this path.
     real_path: str = ""
 
     def provider_for(self, account_sid: str) -> ProviderConfig | None:
@@ -254,8 +256,10 @@ class _Loader:
     ) -> None:
         self.file = path
         self.missing_action = missing_action
-        self.real_path = os.path.realpath(path)
-        self.base_dir = os.path.dirname(self.real_path)
+        # The folder's symlinks resolved, not the file's: a config.yaml that
+        # is itself a link keeps its paths beside the link, as it always had.
+        self.base_dir = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        self.real_path = os.path.join(self.base_dir, os.path.basename(path))
         self.actions = actions
         self.lines: dict[str, int] = {}
         self.secrets: set[str] = set()
@@ -582,13 +586,18 @@ class _Loader:
         if not url.startswith(prefix):
             return url
         written = url[len(prefix) :]
-        if "?" in written:
-            self._error(
-                f"{url}: query parameters are not read; name the database file alone",
-                "backend",
-            )
+        expanded = os.path.expanduser(written)
+        problem = None
+        if "?" in written or "#" in written:
+            problem = "a query or fragment is not read; name the database file alone"
+        elif written == ":memory:":
+            problem = "an in-memory database would lose every callback; name a file"
+        elif expanded.startswith("~"):
+            problem = f"no home folder for {expanded.split('/')[0]}"
+        if problem:
+            self._error(f"{url}: {problem}", "backend")
             return url
-        target = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(written)))
+        target = os.path.normpath(os.path.join(self.base_dir, expanded))
         problem = _sqlite_path_problem(target)
         if problem:
             self._error(f"{url}: {problem}", "backend")

@@ -155,6 +155,17 @@ def test_relative_paths_follow_a_symlinked_directory_once_at_load(tmp_path: Path
     assert cfg.rules[0].steps[0].raw_params["to"].startswith(f"file://{releases[0]}/rec/")
 
 
+def test_a_config_file_that_is_a_symlink_keeps_its_paths_beside_the_link(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "app").mkdir()
+    target = write_config(tmp_path / "etc", PROVIDER + "backend: sqlite:///./var/q.db\n")
+    (tmp_path / "app" / "config.yaml").symlink_to(target)
+
+    cfg = config.load(str(tmp_path / "app" / "config.yaml"), ACTIONS)
+
+    assert cfg.backend == f"sqlite:///{tmp_path}/app/var/q.db"
+
+
 def test_a_database_in_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     cfg = load_text(tmp_path, PROVIDER + "backend: sqlite:///~/recflow.db\n")
@@ -237,8 +248,20 @@ ERRORS = [
     pytest.param(
         PROVIDER + "backend: sqlite:///./var/r.db?timeout=5  # <-\n",
         "backend",
-        "query parameters are not read",
+        "a query or fragment is not read",
         id="sqlite-query",
+    ),
+    pytest.param(
+        PROVIDER + "backend: 'sqlite:///:memory:'  # <-\n",
+        "backend",
+        "an in-memory database would lose every callback",
+        id="sqlite-memory",
+    ),
+    pytest.param(
+        PROVIDER + "backend: sqlite:///~nosuchuser-recflow/x.db  # <-\n",
+        "backend",
+        "no home folder for ~nosuchuser-recflow",
+        id="sqlite-unknown-home",
     ),
     pytest.param(
         PROVIDER

@@ -7,16 +7,20 @@ which then answered at a third of the rate (`bench/bench_peers.py`), and
 a plugin that crashed the interpreter took the receiver down with it.
 
 `WorkerProcess` runs `recflow worker` beside the receiver, with the same
-config and thread count, joined to it by a pipe:
+config and thread count, joined to it by a socket pair:
 
 - the config is the one the receiver loaded, byte for byte, handed over
   in an unlinked file: a worker process started again hours later must
   not pick up an edit of config.yaml that the receiver never loaded (a
   broken file would stop every step, a renamed rule would fail them);
 
-- a byte on the pipe wakes the workers at once, as an enqueue in the same
-  process would (`wake()`, called once per group of commits);
-- the end of the pipe means the receiver is gone: the worker process then
+- a byte from the receiver wakes the workers at once, as an enqueue in the
+  same process would (`wake()`, called once per group of commits);
+- a byte from the worker process every `HEARTBEAT_EVERY` seconds says it
+  is not stopped (SIGSTOP) or wedged: `problem()` reports a silence of
+  `SILENT_AFTER` seconds (a step stuck in a call while the interpreter
+  runs is not seen this way; its lease runs out instead);
+- the end of the socket means the receiver is gone: the worker process then
   kills itself at once, as its threads would have died with the receiver,
   so that `kill -9` of `recflow serve` leaves nothing running (the steps
   it was running run again, at least once);
@@ -34,6 +38,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +53,9 @@ STOP_WAIT = 35.0
 RESTART_DELAY = 1.0
 # How long an exit of the worker process is reported by `problem()`.
 PROBLEM_WINDOW = 60.0
+# The worker process's sign of life, and the silence `problem()` reports.
+HEARTBEAT_EVERY = 1.0
+SILENT_AFTER = 10.0
 
 
 class WorkerProcess:
@@ -58,25 +66,27 @@ class WorkerProcess:
         self.workers = workers
         self._config = _snapshot(source)
         self._exits: list[tuple[float, int]] = []  # (when, status), last minute's
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._write, False)
-        self._lock = threading.Lock()  # guards `_child` and `_stopping`
+        # Ours stays blocking for the listener; `wake` sends with MSG_DONTWAIT.
+        self._ours, self._theirs = socket.socketpair()
+        self._lock = threading.Lock()  # guards `_child`, `_exits` and `_last_sign`
         self._stopping = threading.Event()
         self._shutting_down = False  # set by `stopping()`, from a signal handler
+        self._last_sign = time.monotonic()
         self._child = self._start()
         self._watcher = threading.Thread(
             target=self._watch, name="recflow-worker-watch", daemon=True
         )
         self._watcher.start()
+        threading.Thread(target=self._listen, name="recflow-worker-signs", daemon=True).start()
 
     @property
     def pid(self) -> int:
         return self._child.pid
 
     def wake(self) -> None:
-        """Tell idle workers there is work; never blocks (a full pipe is awake enough)."""
-        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            os.write(self._write, b"\0")
+        """Tell idle workers there is work; never blocks (a full buffer is awake enough)."""
+        with contextlib.suppress(OSError):
+            self._ours.send(b"\0", socket.MSG_DONTWAIT)
 
     def stop(self, timeout: float = STOP_WAIT) -> None:
         """Let running steps finish (at most `timeout` s), then end the process."""
@@ -92,30 +102,38 @@ class WorkerProcess:
                 child.kill()
                 child.wait()
         self._watcher.join(RESTART_DELAY + 1)
-        for fd in (self._write, self._read):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            self._ours.shutdown(socket.SHUT_RDWR)  # ends `_listen`'s recv
+        self._ours.close()
+        self._theirs.close()
         self._config.close()
 
     def problem(self) -> str | None:
-        """Why the workers may not be running, if the process exited lately."""
+        """Why the workers may not be running: an exit lately, or a silence now."""
+        now = time.monotonic()
         with self._lock:
-            since = time.monotonic() - PROBLEM_WINDOW
-            self._exits = [(at, status) for at, status in self._exits if at >= since]
-            if not self._exits:
-                return None
-            count, status = len(self._exits), self._exits[-1][1]
-        times = "once" if count == 1 else f"{count} times"
-        return (
-            f"the worker process exited {times} in the last {PROBLEM_WINDOW:g} s"
-            f" (last status {status}); see the log"
-        )
+            self._exits = [(at, st) for at, st in self._exits if at >= now - PROBLEM_WINDOW]
+            exits, child, silent = list(self._exits), self._child, now - self._last_sign
+        if exits:
+            times = "once" if len(exits) == 1 else f"{len(exits)} times"
+            return (
+                f"the worker process exited {times} in the last {PROBLEM_WINDOW:g} s"
+                f" (last status {exits[-1][1]}); see the log"
+            )
+        if silent > SILENT_AFTER and child.poll() is None:
+            return (
+                f"no sign of life from the worker process (pid {child.pid}) for {silent:.0f} s:"
+                " is it stopped (SIGSTOP) or wedged?"
+            )
+        return None
 
     def _start(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-c", "from recflow.cli import main; main()", "worker"]
         command += ["-c", self.config_path, "--workers", str(self.workers)]
-        command += ["--parent-fd", str(self._read), "--config-fd", str(self._config.fileno())]
-        child = subprocess.Popen(command, pass_fds=[self._read, self._config.fileno()])
+        theirs, config = self._theirs.fileno(), self._config.fileno()
+        command += ["--parent-fd", str(theirs), "--config-fd", str(config)]
+        child = subprocess.Popen(command, pass_fds=[theirs, config])
+        self._last_sign = time.monotonic()
         logger.info("worker process started: pid %d, %d workers", child.pid, self.workers)
         return child
 
@@ -129,6 +147,18 @@ class WorkerProcess:
         wait for a lock its own thread may hold.
         """
         self._shutting_down = True
+
+    def _listen(self) -> None:
+        """Note each sign of life the worker process sends, until `stop()`."""
+        while True:
+            try:
+                data = self._ours.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self._last_sign = time.monotonic()
 
     def _watch(self) -> None:
         while True:
@@ -172,8 +202,17 @@ def follow_parent(fd: int, wake: threading.Event) -> None:
     """In the worker process: wake on each byte from the receiver, die with it.
 
     Runs a daemon thread reading `fd`; bytes set `wake`; the end of the
-    pipe (the receiver exited or was killed) kills this process at once.
+    socket (the receiver exited or was killed) kills this process at once.
+    Another sends the receiver a sign of life every `HEARTBEAT_EVERY` s.
     """
+
+    def beat() -> None:
+        while True:
+            try:
+                os.write(fd, b"\1")
+            except OSError:
+                return
+            time.sleep(HEARTBEAT_EVERY)
 
     def read() -> None:
         while True:
@@ -187,3 +226,4 @@ def follow_parent(fd: int, wake: threading.Event) -> None:
             wake.set()
 
     threading.Thread(target=read, name="recflow-parent-watch", daemon=True).start()
+    threading.Thread(target=beat, name="recflow-heartbeat", daemon=True).start()

@@ -174,6 +174,33 @@ def test_sigterm_to_the_process_group_starts_no_new_worker_process(tmp_path):
     assert children(server.process.pid, WORKER) == []
 
 
+def test_healthz_says_when_the_worker_process_is_stopped(tmp_path):
+    config = write_config(tmp_path, '      - action: t_append\n        with: {file: "/dev/null"}\n')
+
+    with running_server(config, env=ENV) as server:
+        worker = _worker_of(server.process.pid)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            stopped = wait_for(
+                lambda: (
+                    (h := httpx.get(server + "/healthz", timeout=30).json())["status"] == "degraded"
+                    and h
+                ),
+                timeout=30,
+                what="/healthz to see the silence",
+            )
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        wait_for(
+            lambda: httpx.get(server + "/healthz", timeout=30).json() == {"status": "ok"},
+            what="/healthz to see it again",
+        )
+
+    assert stopped["workers"].startswith(
+        f"no sign of life from the worker process (pid {worker}) for "
+    )
+
+
 def test_kill_9_of_serve_ends_its_worker_process_and_the_step_runs_again(tmp_path):
     out = tmp_path / "runs.txt"
     slow = f'      - action: t_append\n        with: {{file: "{out}", sleep: 3}}\n'

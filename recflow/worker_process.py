@@ -18,8 +18,8 @@ config and thread count, joined to it by a socket pair:
   same process would (`wake()`, called once per group of commits);
 - a byte from the worker process every `HEARTBEAT_EVERY` seconds says it
   is not stopped (SIGSTOP) or wedged: `problem()` reports a silence of
-  `SILENT_AFTER` seconds (a step stuck in a call while the interpreter
-  runs is not seen this way; its lease runs out instead);
+  `SILENT_AFTER` seconds (a step that hangs in a call while the
+  interpreter runs is not seen this way: see `recflow.worker`);
 - the end of the socket means the receiver is gone: the worker process then
   kills itself at once, as its threads would have died with the receiver,
   so that `kill -9` of `recflow serve` leaves nothing running (the steps

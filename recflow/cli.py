@@ -23,6 +23,7 @@ from recflow.log_output import counted
 if TYPE_CHECKING:
     from recflow.config import Config
     from recflow.pipeline import Runtime
+    from recflow.plugins import PluginHost
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ def check(config_file: str | None) -> None:
     from recflow import config as config_module
     from recflow.errors import ConfigError
     from recflow.plugins import build_plugin_manager
-    from recflow.secrets import Redactor
-    from recflow.templates import check_config
 
     host = build_plugin_manager()
     try:
@@ -103,12 +102,7 @@ def check(config_file: str | None) -> None:
         for error in exc.all:
             click.echo(str(error), err=True)
         raise SystemExit(1) from None
-    problems = check_config(config, host.actions)
-    if problems:
-        redactor = Redactor(config.secrets)
-        for problem in problems:
-            click.echo(redactor.mask(problem), err=True)
-        raise SystemExit(1)
+    _exit_on_problems(config, host)
     for name, reason in sorted(host.broken.items()):
         click.echo(f"warning: plugin {name} is not loaded: {reason}", err=True)
     for warning in config.warnings:
@@ -116,6 +110,24 @@ def check(config_file: str | None) -> None:
     click.echo(
         f"ok: {counted(len(config.rules), 'rule')}, {counted(len(config.providers), 'provider')}"
     )
+
+
+def _exit_on_problems(config: Config, host: PluginHost) -> None:
+    """Print what `recflow check` finds beyond the schema, and exit 1 if anything.
+
+    `serve` and `worker` refuse such a config too: a misspelt field or
+    step output would otherwise fail every step that renders it, once
+    callbacks arrive.
+    """
+    from recflow.secrets import Redactor
+    from recflow.templates import check_config
+
+    problems = check_config(config, host.actions)
+    if problems:
+        redactor = Redactor(config.secrets)
+        for problem in problems:
+            click.echo(redactor.mask(problem), err=True)
+        raise SystemExit(1)
 
 
 @cli.command()
@@ -250,6 +262,7 @@ def serve(
     setup_logging()
     host = build_plugin_manager()
     config = config_module.load(config_path(config_file), host.actions)
+    _exit_on_problems(config, host)
     secrets.install(secrets.Redactor(config.secrets))
     for warning in config.warnings:
         logger.warning("%s", warning)
@@ -365,15 +378,20 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  BROKEN: {entry['error']}")
 
 
-def _open_backend(config_file: str | None, source: bytes | None = None) -> tuple[Config, Runtime]:
+def _open_backend(
+    config_file: str | None, source: bytes | None = None, *, checked: bool = False
+) -> tuple[Config, Runtime]:
     """The loaded config (`source` instead of the file's bytes, if given)
-    and an opened runtime (no workers) for it."""
+    and an opened runtime (no workers) for it; `checked`: exit 1 first if
+    `recflow check` would."""
     from recflow import config as config_module
     from recflow import pipeline
     from recflow.plugins import build_plugin_manager
 
     host = build_plugin_manager()
     config = config_module.load(config_path(config_file), host.actions, source=source)
+    if checked:
+        _exit_on_problems(config, host)
     return config, pipeline.open_runtime(config, host)
 
 
@@ -404,7 +422,8 @@ def worker(
     setup_logging()
     # Started by `recflow serve`: its config, as it loaded it.
     source = None if config_fd is None else read_snapshot(config_fd)
-    config, runtime = _open_backend(config_file, source)
+    # serve checked its config before handing it over.
+    config, runtime = _open_backend(config_file, source, checked=source is None)
     secrets.install(secrets.Redactor(config.secrets))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

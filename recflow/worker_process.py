@@ -95,6 +95,7 @@ class WorkerProcess:
             child = self._child
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGCONT)  # a stopped one would never see the TERM
             try:
                 child.wait(timeout)
             except subprocess.TimeoutExpired:

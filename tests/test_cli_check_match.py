@@ -282,3 +282,32 @@ def test_check_of_a_bad_listen_names_the_config_not_an_option(tmp_path: Path) ->
     assert err.startswith(f"{path}:{marked_line(text)}: server.listen: ")
     assert "port 99999 is out of range" in err
     assert "--listen" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_serve_and_worker_refuse_what_check_refuses(tmp_path: Path, command: str) -> None:
+    text = PROVIDER + (
+        "rules:\n  - name: a\n    steps:\n      - action: notify\n"
+        "        with: {to: ['json://127.0.0.1:9/'], body: '{{ event.duraton }}'}  # <-\n"
+    )
+    path = write_config(tmp_path, text)
+    recflow = str(Path(sys.executable).parent / "recflow")
+    done = subprocess.run(
+        [
+            recflow,
+            command,
+            "-c",
+            path,
+            *(["--listen", "127.0.0.1:0"] if command == "serve" else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"{path}:{marked_line(text)}: rules[0].steps[0].with.body: event has no field 'duraton'"
+    )
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "var").exists(), "it opened its backend before refusing"

@@ -201,6 +201,20 @@ def test_healthz_says_when_the_worker_process_is_stopped(tmp_path):
     )
 
 
+def test_sigterm_ends_a_stopped_worker_process_without_killing_it(tmp_path):
+    config = write_config(tmp_path, '      - action: t_append\n        with: {file: "/dev/null"}\n')
+
+    with running_server(config, env=ENV) as server:
+        worker = _worker_of(server.process.pid)
+        os.kill(worker, signal.SIGSTOP)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(60)
+    log = server.log()
+
+    assert "the worker process did not stop" not in log
+    assert not alive(worker)
+
+
 def test_kill_9_of_serve_ends_its_worker_process_and_the_step_runs_again(tmp_path):
     out = tmp_path / "runs.txt"
     slow = f'      - action: t_append\n        with: {{file: "{out}", sleep: 3}}\n'

@@ -169,7 +169,7 @@ _MAX_COUNT = 2**31 - 1
 
 
 def _count(raw: str | None) -> int | None:
-    if raw is None:
+    if raw is None or not raw.isascii():  # float() would read other scripts' digits
         return None
     try:
         value = float(raw.strip())

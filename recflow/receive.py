@@ -419,10 +419,11 @@ def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
     """
     if not raw:
         return []
+    malformed = "malformed query string" if what == "query string" else "malformed body"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise RequestError(400, "malformed body", f"{what} is not valid UTF-8") from None
+        raise RequestError(400, malformed, f"{what} is not valid UTF-8") from None
     if text.count("&") >= MAX_PARAMS:
         raise RequestError(400, "too many parameters", f"{what} has more than {MAX_PARAMS} fields")
     pairs: list[tuple[str, str]] = []
@@ -437,7 +438,7 @@ def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
                 value = unquote(value.replace("+", " "), errors="strict")
             pairs.append((name, value))
     except UnicodeDecodeError:
-        raise RequestError(400, "malformed body", f"{what} is not valid UTF-8") from None
+        raise RequestError(400, malformed, f"{what} is not valid UTF-8") from None
     return pairs
 
 

@@ -61,6 +61,7 @@ def test_form_and_json_samples_give_the_same_event() -> None:
         pytest.param("inf", None, id="infinity"),
         pytest.param("1e308", None, id="absurdly-large"),
         pytest.param("0", 0, id="zero"),
+        pytest.param("\u0663", None, id="arabic-indic-digit"),
     ],
 )
 def test_durations(raw: str, expected: int | None) -> None:

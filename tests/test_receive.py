@@ -375,6 +375,12 @@ def _refusals() -> list[Any]:
             "too many parameters",
             id="query-too-many",
         ),
+        pytest.param(
+            raw("GET", None, {}, PATH + "?AccountSid=%FF%FE"),
+            400,
+            "malformed query string",
+            id="query-invalid-utf8-escape",
+        ),
         pytest.param(raw("POST", BIG, form), 413, "body too large", id="5MB"),
         pytest.param(
             raw("POST", BIG, {"Content-Type": "text/plain"}),

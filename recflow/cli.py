@@ -379,19 +379,35 @@ def plugins(as_json: bool) -> None:
 
 
 def _open_backend(
-    config_file: str | None, source: bytes | None = None, *, checked: bool = False
+    config_file: str | None,
+    source: bytes | None = None,
+    *,
+    checked: bool = False,
+    existing: bool = False,
 ) -> tuple[Config, Runtime]:
     """The loaded config (`source` instead of the file's bytes, if given)
-    and an opened runtime (no workers) for it; `checked`: exit 1 first if
-    `recflow check` would."""
+    and an opened runtime (no workers) for it.
+
+    `checked`: exit 1 first if `recflow check` would. `existing`: a
+    command that reads the journal refuses to create an SQLite file, which
+    would only say "no events" about a database that is elsewhere (a
+    config copied to another folder, a release symlink switched since).
+    """
     from recflow import config as config_module
     from recflow import pipeline
     from recflow.plugins import build_plugin_manager
+    from recflow.queue import parse_backend
 
     host = build_plugin_manager()
     config = config_module.load(config_path(config_file), host.actions, source=source)
     if checked:
         _exit_on_problems(config, host)
+    backend = parse_backend(config.backend, ".")
+    if existing and backend.kind == "sqlite" and not os.path.exists(backend.location):
+        raise click.ClickException(
+            f"no database at {backend.location} (from {config.path}): nothing was received"
+            " with this config there; is recflow serve running with another copy of it?"
+        )
     return config, pipeline.open_runtime(config, host)
 
 
@@ -455,7 +471,7 @@ def events(
         return
     import json
 
-    config, runtime = _open_backend(config_file)
+    config, runtime = _open_backend(config_file, existing=True)
     try:
         rows = runtime.journal.list_events(limit=limit, failed_only=failed)
     finally:
@@ -488,7 +504,7 @@ def events_show(ctx: click.Context, config_file: str | None, event_id: str, as_j
     """One event (id or unique id prefix): its fields, steps and every attempt."""
     import json
 
-    config, runtime = _open_backend(config_file)
+    config, runtime = _open_backend(config_file, existing=True)
     try:
         row = runtime.journal.get_event(event_id)
     except LookupError as exc:
@@ -542,7 +558,7 @@ def retry(config_file: str | None, event_id: str | None, all_failed: bool) -> No
 
     if bool(event_id) == all_failed:
         raise click.UsageError("give either an EVENT_ID or --failed")
-    _, runtime = _open_backend(config_file)
+    _, runtime = _open_backend(config_file, existing=True)
     try:
         journal = runtime.journal
         if event_id:

@@ -305,3 +305,14 @@ def test_config_option_works_before_or_after_the_command(cli_config, args):
 
     assert code == 0, output
     assert event_id in output
+
+
+def test_events_creates_no_database_where_there_is_none(cli_config):
+    database = cli_config.parent / "var" / "recflow.db"
+    assert not database.exists()
+
+    code, output = _cli("events", "-c", str(cli_config))
+
+    assert code == 1
+    assert f"no database at {database} (from {cli_config}): nothing was received" in output
+    assert not database.exists()

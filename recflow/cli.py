@@ -278,7 +278,7 @@ def serve(
         # on the config loaded above, whatever the file says by then.
         nonlocal workers_process
         if threads:
-            workers_process = WorkerProcess(config.real_path or config.path, config.source, threads)
+            workers_process = WorkerProcess(config.real_path, config.source, threads)
             runtime.pipeline.on_fresh = workers_process.wake
         try:
             yield

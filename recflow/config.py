@@ -587,18 +587,16 @@ class _Loader:
             return url
         written = url[len(prefix) :]
         expanded = os.path.expanduser(written)
-        problem = None
+        target = os.path.normpath(os.path.join(self.base_dir, expanded))
+        problem: str | None
         if "?" in written or "#" in written:
             problem = "a query or fragment is not read; name the database file alone"
         elif written == ":memory:":
             problem = "an in-memory database would lose every callback; name a file"
         elif expanded.startswith("~"):
             problem = f"no home folder for {expanded.split('/')[0]}"
-        if problem:
-            self._error(f"{url}: {problem}", "backend")
-            return url
-        target = os.path.normpath(os.path.join(self.base_dir, expanded))
-        problem = _sqlite_path_problem(target)
+        else:
+            problem = _sqlite_path_problem(target)
         if problem:
             self._error(f"{url}: {problem}", "backend")
         return prefix + target

@@ -391,8 +391,8 @@ class Runtime:
         recovery_grace: float = 30.0,
         commit_process: bool = False,
     ) -> None:
-        real_path = config.real_path or (os.path.abspath(config.path) if config.path else "")
-        base_dir = os.path.dirname(real_path) if real_path else "."
+        # A loaded config's SQLite path is absolute already; this is for one made by hand.
+        base_dir = os.path.dirname(os.path.abspath(config.path)) if config.path else "."
         backend = parse_backend(config.backend, base_dir)
         self.queue = StepQueue(backend)
         self.journal = open_journal(backend)

@@ -419,11 +419,10 @@ def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
     """
     if not raw:
         return []
-    malformed = "malformed query string" if what == "query string" else "malformed body"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise RequestError(400, malformed, f"{what} is not valid UTF-8") from None
+        raise _not_utf8(what) from None
     if text.count("&") >= MAX_PARAMS:
         raise RequestError(400, "too many parameters", f"{what} has more than {MAX_PARAMS} fields")
     pairs: list[tuple[str, str]] = []
@@ -438,8 +437,14 @@ def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
                 value = unquote(value.replace("+", " "), errors="strict")
             pairs.append((name, value))
     except UnicodeDecodeError:
-        raise RequestError(400, malformed, f"{what} is not valid UTF-8") from None
+        raise _not_utf8(what) from None
     return pairs
+
+
+def _not_utf8(what: str) -> RequestError:
+    """The 400 for a query string or form body that is not UTF-8."""
+    where = "query string" if what == "query string" else "body"
+    return RequestError(400, f"malformed {where}", f"{what} is not valid UTF-8")
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:

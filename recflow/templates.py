@@ -213,16 +213,9 @@ class StepOutputs(Mapping[str, str]):
         return len(self.known or ())
 
 
-def placeholder_steps(
-    step_ids: list[str | None], outputs: Mapping[str, Collection[str] | None] | None = None
-) -> StepsSoFar:
-    """Placeholder outputs for the steps with an id among `step_ids`.
-
-    `outputs` maps a step id to the output names its action declares;
-    a step missing from it may have any.
-    """
-    known = outputs or {}
-    return StepsSoFar((sid, StepOutputs(sid, known.get(sid))) for sid in step_ids if sid)
+def placeholder_steps(step_ids: list[str | None]) -> StepsSoFar:
+    """Placeholder outputs, any name accepted, for the steps with an id among `step_ids`."""
+    return StepsSoFar((sid, StepOutputs(sid)) for sid in step_ids if sid)
 
 
 def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None) -> list[str]:
@@ -230,8 +223,8 @@ def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None
 
     Each earlier step with an id offers placeholder outputs (those its
     action declares, or any name if it declares none), and any
-    `params.NAME` reads as a placeholder, so
-    what is reported are real mistakes: a misspelt field, a step id that
+    `params.NAME` reads as a placeholder, so what is reported are real
+    mistakes: a misspelt field, a step id that
     is not an earlier step's, a failing filter. When `actions` is given,
     each step whose templates render is also passed, rendered, to its
     action's `check` (see `ActionSpec`).
@@ -239,14 +232,9 @@ def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None
     event = _SampleEvent(sample_event())
     errors: list[str] = []
     for rule_index, rule in enumerate(config.rules):
-        earlier: list[str | None] = []
-        declared: dict[str, Collection[str] | None] = {}
+        so_far = StepsSoFar()  # grows after each step's render
         for step in rule.steps:
-            context = {
-                "event": event,
-                "rule": {"name": rule.name},
-                "steps": placeholder_steps(earlier, declared),
-            }
+            context = {"event": event, "rule": {"name": rule.name}, "steps": so_far}
             params = step.params if isinstance(step.params, Compiled) else Compiled(step.params)
             failed = False
             for template in params.templates():
@@ -266,9 +254,8 @@ def check_config(config: Config, actions: Mapping[str, ActionSpec] | None = None
                         spec, spec.check, render_params(params, context)
                     )
                 )
-            earlier.append(step.id)
-            if step.id and spec is not None:
-                declared[step.id] = spec.outputs
+            if step.id:
+                so_far[step.id] = StepOutputs(step.id, spec.outputs if spec else None)
     return errors
 
 

@@ -79,7 +79,7 @@ rules:
       - action: notify
         retry: {{attempts: 1}}
         with:
-          to: ["mailto://ops:${{SMTP_PASSWORD}}@127.0.0.1:{dead}?to=ops@example.com&from=ops@example.com"]
+          to: ["mailto://ops:${{SMTP_PASSWORD}}@127.0.0.1:{dead}?to=ops@example.com&from=rf@ex.com"]
           body: "Stored at {{{{ event.recording_sid }}}}"
           timeout: 5
   - name: crash

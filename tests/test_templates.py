@@ -122,15 +122,23 @@ def test_sample_event_is_realistic() -> None:
     assert parse_event(EVENT.params).to_dict()["duration"] == 94
 
 
-def test_check_config_reports_typos_with_file_line_and_path(tmp_path: Path) -> None:
-    text = (
-        PROVIDER
-        + """\
+# A rule whose first step is a `store` with the id `archive`; its `with:` follows.
+ARCHIVE_FIRST = (
+    PROVIDER
+    + """\
 rules:
   - name: archive
     steps:
       - id: archive
         action: store
+"""
+)
+
+
+def test_check_config_reports_typos_with_file_line_and_path(tmp_path: Path) -> None:
+    text = (
+        ARCHIVE_FIRST
+        + """\
         with: {to: "file:///r/{{ event.recording_sid }}.{{ event.params.Anything }}"}
       - action: notify
         with:
@@ -217,13 +225,8 @@ def test_a_step_id_where_no_earlier_step_has_one_says_how_to_name_one() -> None:
 
 def test_check_config_knows_the_outputs_an_action_declares(tmp_path: Path) -> None:
     text = (
-        PROVIDER
+        ARCHIVE_FIRST
         + """\
-rules:
-  - name: archive
-    steps:
-      - id: archive
-        action: store
         with: {to: "file:///r/{{ event.recording_sid }}.wav"}
       - action: webhook
         with:

@@ -49,6 +49,7 @@ import gc
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -584,6 +585,9 @@ class _Loader:
     def _backend(self, url: str) -> str:
         prefix = "sqlite:///"
         if not url.startswith(prefix):
+            redis_problem = _redis_url_problem(url)
+            if redis_problem:
+                self._error(f"{url}: {redis_problem}", "backend")
             return url
         written = url[len(prefix) :]
         expanded = os.path.expanduser(written)
@@ -595,6 +599,8 @@ class _Loader:
             problem = "an in-memory database would lose every callback; name a file"
         elif expanded.startswith("~"):
             problem = f"no home folder for {expanded.split('/')[0]}"
+        elif written.endswith("/"):
+            problem = "ends in /; name the database file, e.g. recflow.db in that folder"
         else:
             problem = _sqlite_path_problem(target)
         if problem:
@@ -758,6 +764,19 @@ class _Loader:
         elif isinstance(value, list):
             for item in value:
                 self._collect_url_passwords(item)
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why redis-py would refuse `url` at start: its port or database number."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError:
+        return "the port is not a number from 0 to 65535"
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        return f"the database {database!r} is not a number (redis://HOST:PORT/0)"
+    return None
 
 
 # What every SQLite 3 database file starts with.

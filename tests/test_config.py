@@ -252,6 +252,24 @@ ERRORS = [
         id="sqlite-query",
     ),
     pytest.param(
+        PROVIDER + "backend: sqlite:///./db/  # <-\n",
+        "backend",
+        "sqlite:///./db/: ends in /; name the database file",
+        id="sqlite-folder-slash",
+    ),
+    pytest.param(
+        PROVIDER + "backend: redis://127.0.0.1:6379/0x  # <-\n",
+        "backend",
+        "redis://127.0.0.1:6379/0x: the database '0x' is not a number",
+        id="redis-database",
+    ),
+    pytest.param(
+        PROVIDER + "backend: redis://127.0.0.1:99999/0  # <-\n",
+        "backend",
+        "the port is not a number from 0 to 65535",
+        id="redis-port",
+    ),
+    pytest.param(
         PROVIDER + "backend: 'sqlite:///:memory:'  # <-\n",
         "backend",
         "an in-memory database would lose every callback",

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,7 +21,9 @@ from pipeline_util import (
 from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixtures)
 
 from recflow.cli import cli
+from recflow.errors import BackendError
 from recflow.journal import Journal, NewEvent, Owner, open_journal
+from recflow.journal_sqlite import SqliteJournal
 from recflow.queue import StepKey, parse_backend
 
 NOW = 1_800_000_000.0
@@ -316,3 +323,89 @@ def test_events_creates_no_database_where_there_is_none(cli_config):
     assert code == 1
     assert f"no database at {database} (from {cli_config}): nothing was received" in output
     assert not database.exists()
+
+
+# -- the SQLite file of an earlier release ------------------------------------------
+
+_V0 = Path(__file__).parent / "samples" / "journal-v0.sql"
+_STEP_COLUMNS = "rule, idx, step_id, action, state, attempts, error, outputs"
+
+
+def _v0_file(tmp_path: Path) -> Path:
+    db = tmp_path / "recflow.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.executescript(_V0.read_text())
+    return db
+
+
+def test_a_file_of_the_earlier_schema_is_upgraded_with_nothing_lost(tmp_path, caplog):
+    db = _v0_file(tmp_path)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        before = {
+            event_id: sorted(
+                conn.execute(
+                    f"select {_STEP_COLUMNS} from journal_steps where event_id = ?",  # noqa: S608
+                    (event_id,),
+                )
+            )
+            for (event_id,) in conn.execute("select id from journal_events order by received_at")
+        }
+        runs_before = conn.execute("select * from journal_runs order by rowid").fetchall()
+
+    with caplog.at_level("WARNING", logger="recflow.journal_sqlite"):
+        journal = SqliteJournal(str(db))
+
+    assert [m for m in caplog.messages if "upgrading" in m], caplog.messages
+    assert [e["id"] for e in journal.list_events(10)] == list(reversed(before))
+    for event_id, steps in before.items():
+        shown = journal.get_event(event_id)["steps"]
+        after = [
+            (s["rule"], s["index"], s["id"], s["action"], s["state"], s["attempts"], s["error"])
+            for s in shown
+        ]
+        assert sorted(after) == [step[:7] for step in steps]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("select * from journal_runs order by rowid").fetchall() == runs_before
+        assert conn.execute("pragma user_version").fetchone() == (1,)
+
+    # What was owed still runs, what was known is still refused, what failed retries.
+    done_first, failed, queued = before
+    data = journal.get_event(done_first)["event"]
+    later = NOW + 60
+    assert journal.record([NewEvent(done_first, data, later, ("two",), ())], later) == [False]
+    claim = journal.claim(StepKey(done_first, "two", 1), ME, 60, later)
+    assert claim is not None
+    assert claim.previous == (("t_echo", "s0", {"url": "file:///x"}),)
+    assert journal.retry(failed, later) == [StepKey(failed, "one", 0)]
+    assert journal.claim(StepKey(failed, "one", 0), ME, 60, later) is not None
+    assert journal.claim(StepKey(queued, "one", 0), ME, 60, later) is not None
+    assert journal.claim(StepKey(queued, "two", 0), ME, 60, later) is not None
+    journal.close()
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recflow.journal_sqlite"):
+        SqliteJournal(str(db)).close()
+    assert not caplog.messages, "an upgraded file was upgraded again"
+
+
+def test_processes_opening_an_earlier_file_at_once_upgrade_it_once(tmp_path):
+    db = _v0_file(tmp_path)
+    opening = f"from recflow.journal_sqlite import SqliteJournal; SqliteJournal({str(db)!r})"
+    children = [subprocess.Popen([sys.executable, "-c", opening]) for _ in range(3)]
+
+    assert [child.wait(60) for child in children] == [0, 0, 0]
+    journal = SqliteJournal(str(db))
+    events = journal.list_events(10)
+    assert len(events) == 3
+    assert sum(len(e["steps"]) for e in events) == 5
+    journal.close()
+
+
+def test_a_file_of_a_later_schema_is_refused_not_written(tmp_path):
+    db = tmp_path / "recflow.db"
+    SqliteJournal(str(db)).close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("pragma user_version = 7")
+
+    with pytest.raises(BackendError, match="made by a later recflow"):
+        SqliteJournal(str(db))

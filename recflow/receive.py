@@ -10,7 +10,8 @@ through these checks in this order, and the first that fails answers:
    408 from `recflow serve`'s HTTP protocol (`recflow.http_limits`), so a
    client sending a byte at a time cannot hold the server;
 2. content type: 415 unless `application/x-www-form-urlencoded` or
-   `application/json` (a `charset` other than UTF-8 is refused too); a GET
+   `application/json` (a `charset` other than UTF-8 is refused too), or
+   when a `Content-Encoding` (gzip, say) compresses the body; a GET
    carries its parameters in the query and has no body;
 3. parsing: 400 for broken JSON, bytes that are not UTF-8, or more than
    `MAX_PARAMS` parameters in the body or in the query;
@@ -243,6 +244,7 @@ class _Receiver:
         if scope["method"] == "POST":
             raw_body = await _read_body(scope, receive, limit)
             media = _media_type(headers.get("content-type"))
+            _check_content_encoding(headers.get("content-encoding"))
 
         query_pairs = _parse_pairs(scope.get("query_string", b""), "query string")
         body_pairs: list[tuple[str, str]] | None = None
@@ -407,6 +409,20 @@ def _media_type(header: str | None) -> str:
             415, "unsupported content type", f"content type {header!r} is not accepted"
         )
     return media
+
+
+def _check_content_encoding(header: str | None) -> None:
+    """A 415 for a compressed body: the providers send theirs as is.
+
+    Read as it came, a gzip body would be refused by its signature (403),
+    which would send whoever debugs it after the wrong key.
+    """
+    if header is not None and header.strip().lower() not in ("", "identity"):
+        raise RequestError(
+            415,
+            "unsupported content encoding",
+            f"content encoding {header!r} is not accepted: send the body uncompressed",
+        )
 
 
 def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import http.client
 import ipaddress
+import gzip
 import json
 import logging
 import socket
@@ -412,6 +413,12 @@ def _refusals() -> list[Any]:
             415,
             "unsupported content type",
             id="type-before-parse",
+        ),
+        pytest.param(
+            raw("POST", gzip.compress(body), {**form, "Content-Encoding": "gzip"}),
+            415,
+            "unsupported content encoding",
+            id="gzip-body",
         ),
         pytest.param(
             raw("POST", b"{oops", {"Content-Type": "application/json"}),

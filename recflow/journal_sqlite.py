@@ -277,14 +277,15 @@ class SqliteJournal(Journal):
                 " lease_until = ?, owner = ?, updated_at = ?"
                 " where event = ? and rule = ? and idx = ?"
                 " and ((state = 'queued' and next_at <= ?)"
-                " or (state = 'running' and lease_until <= ?))"
-                " returning attempts",
+                " or (state = 'running' and lease_until <= ?))",
                 (now + lease, str(owner), now, *step, now, now),
             )
-            claimed = cursor.fetchall()
-            if len(claimed) != 1:
+            if cursor.rowcount != 1:
                 return None
-            ((attempt,),) = claimed
+            (attempt,) = conn.execute(
+                "select attempts from journal_steps where event = ? and rule = ? and idx = ?",
+                step,
+            ).fetchone()
             conn.execute(
                 "update journal_runs set ended_at = ?, outcome = 'lost',"
                 " error = 'the worker running it stopped'"

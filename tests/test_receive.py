@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import http.client
 import ipaddress
-import gzip
 import json
 import logging
 import socket

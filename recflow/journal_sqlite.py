@@ -16,8 +16,10 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 # process). A seq may be given again once its event row is deleted: what
 # deletes an event (no command does yet) must delete its steps with it.
 _VERSION = 1
+
+# How long opening the file waits for another process's write transaction,
+# an upgrade above all: one takes about 5 s per 200,000 events.
+OPEN_WAIT = 30 * 60.0
 
 _SCHEMA = (
     """create table if not exists journal_events (
@@ -119,10 +125,42 @@ class SqliteJournal(Journal):
         self._local = threading.local()
         self._lock = sqlite_write_lock(path)
         try:
-            with self._write() as conn:
-                _create_or_upgrade(conn, path)
-        except sqlite3.Error as exc:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._open_tables()
+        except (OSError, sqlite3.Error) as exc:
             raise BackendError(f"cannot open the journal {path}: {exc}") from exc
+
+    def _open_tables(self) -> None:
+        """Create or upgrade the tables, waiting out another process's upgrade.
+
+        An upgrade holds the file's write lock far longer than the busy
+        timeout that suits a callback's commit. A process opening the file
+        meanwhile (another receiver, a worker, `recflow events`) waits for it
+        and says so, instead of failing with "database is locked".
+        """
+        deadline = time.monotonic() + OPEN_WAIT
+        warned = False
+        while True:
+            try:
+                with self._write() as conn:
+                    _create_or_upgrade(conn, self.path)
+                return
+            except BackendError as exc:
+                if not _is_busy(exc.__cause__):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise BackendError(
+                        f"cannot open the journal {self.path}: another process has held"
+                        f" its write lock for {OPEN_WAIT / 60:g} minutes"
+                    ) from exc
+            if not warned:
+                logger.warning(
+                    "journal %s: another process is writing it, an upgrade perhaps;"
+                    " waiting up to %g minutes for it to finish",
+                    self.path,
+                    OPEN_WAIT / 60,
+                )
+                warned = True
 
     # -- connections ------------------------------------------------------
 
@@ -532,6 +570,14 @@ def _create_or_upgrade(conn: sqlite3.Connection, path: str) -> None:
         conn.execute(statement)
     if version != _VERSION:
         conn.execute(f"pragma user_version = {_VERSION}")
+
+
+def _is_busy(exc: BaseException | None) -> bool:
+    """Whether `exc` is SQLite's "database is locked": another writer."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
 
 
 def _marks(count: int) -> str:

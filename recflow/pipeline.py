@@ -394,8 +394,10 @@ class Runtime:
         # A loaded config's SQLite path is absolute already; this is for one made by hand.
         base_dir = os.path.dirname(os.path.abspath(config.path)) if config.path else "."
         backend = parse_backend(config.backend, base_dir)
-        self.queue = StepQueue(backend)
+        # The journal first: its opening waits out another process's upgrade
+        # of the file, which Huey's storage would take for a locked database.
         self.journal = open_journal(backend)
+        self.queue = StepQueue(backend)
         self.pipeline = Pipeline(
             self.journal,
             self.queue,

@@ -401,6 +401,57 @@ def test_processes_opening_an_earlier_file_at_once_upgrade_it_once(tmp_path):
     journal.close()
 
 
+def test_opening_waits_out_another_process_holding_the_file_longer_than_its_busy_timeout(
+    tmp_path, caplog
+):
+    # As another process's upgrade of a large file does: a second receiver
+    # or `recflow events` started meanwhile must wait, not fail "locked".
+    db = tmp_path / "recflow.db"
+    SqliteJournal(str(db)).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(db), "1.5"], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"holding\n"
+        with caplog.at_level("WARNING", logger="recflow.journal_sqlite"):
+            journal = SqliteJournal(str(db), busy_timeout=0.2)
+        assert holder.wait(10) == 0
+    finally:
+        holder.kill()
+
+    assert any("another process is writing it" in m for m in caplog.messages)
+    event_id = _record(journal)
+    assert journal.get_event(event_id)["steps"][0]["state"] == "queued"
+    journal.close()
+
+
+def test_opening_gives_up_on_a_file_held_past_the_wait_with_the_reason(tmp_path, monkeypatch):
+    db = tmp_path / "recflow.db"
+    SqliteJournal(str(db)).close()
+    monkeypatch.setattr("recflow.journal_sqlite.OPEN_WAIT", 0.5)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(db), "30"], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"holding\n"
+        with pytest.raises(BackendError, match="another process has held its write lock"):
+            SqliteJournal(str(db), busy_timeout=0.2)
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+# Takes the file's write lock (argv[1]), says so, holds it argv[2] seconds.
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("begin immediate")
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("commit")
+"""
+
+
 def test_a_file_of_a_later_schema_is_refused_not_written(tmp_path):
     db = tmp_path / "recflow.db"
     SqliteJournal(str(db)).close()

@@ -495,9 +495,15 @@ def events(
             click.echo("  (no rule matched)")
 
 
+def _event_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An event id as typed: ids are lowercase hex, so capitals and spaces
+    pasted around it still find the event."""
+    return value.strip().lower() if value is not None else None
+
+
 @events.command("show")
 @config_option
-@click.argument("event_id")
+@click.argument("event_id", callback=_event_id)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def events_show(ctx: click.Context, config_file: str | None, event_id: str, as_json: bool) -> None:
@@ -546,7 +552,7 @@ def _masked(config: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @cli.command()
 @config_option
-@click.argument("event_id", required=False)
+@click.argument("event_id", required=False, callback=_event_id)
 @click.option("--failed", "all_failed", is_flag=True, help="every failed step of every event")
 def retry(config_file: str | None, event_id: str | None, all_failed: bool) -> None:
     """Run the failed steps of EVENT_ID (or, with --failed, of every event) again.

@@ -266,6 +266,10 @@ def test_events_table_and_show(cli_config):
     assert f"event     {event_id}" in shown
     assert "attempt 1" in shown
 
+    code, shown = _cli("events", "-c", str(cli_config), "show", f" {event_id[:8].upper()} ")
+    assert code == 0, shown
+    assert f"event     {event_id}" in shown
+
     code, missing = _cli("events", "-c", str(cli_config), "show", "nope")
     assert code == 1
     assert "no event with id 'nope'" in missing
@@ -274,7 +278,7 @@ def test_events_table_and_show(cli_config):
 def test_retry_command_requeues_failed_steps(cli_config, tmp_path):
     event_id = _fail_one(cli_config)
 
-    code, output = _cli("retry", "-c", str(cli_config), event_id[:10])
+    code, output = _cli("retry", "-c", str(cli_config), event_id[:10].upper())
     assert code == 0, output
     assert f"queued again: {event_id[:12]} log#1" in output
 

@@ -22,6 +22,7 @@ lines. `flush()` and `close()` write everything kept.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -121,11 +122,22 @@ class LineFormatter(logging.Formatter):
 
     `formatTime` runs `time.strftime` for every record; under load, the
     receiver logs thousands of lines within the same second.
+
+    uvicorn logs everything about its server, "Started server process"
+    included, through a logger named `uvicorn.error`; those lines are shown
+    as `uvicorn`'s, so that an INFO line does not read as an error.
     """
 
     def __init__(self, fmt: str | None = None) -> None:
         super().__init__(fmt)
         self._second: tuple[int, str] = (-1, "")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - its name
+        if record.name == "uvicorn.error":
+            # A copy: other handlers may see the same record.
+            record = copy.copy(record)
+            record.name = "uvicorn"
+        return super().formatMessage(record)
 
     def formatTime(  # noqa: N802 - logging.Formatter's name
         self, record: logging.LogRecord, datefmt: str | None = None

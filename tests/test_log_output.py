@@ -237,3 +237,15 @@ def test_line_formatter_keeps_an_explicit_date_format() -> None:
     assert LineFormatter(fmt).formatTime(record, datefmt) == logging.Formatter(fmt).formatTime(
         record, datefmt
     )
+
+
+def test_uvicorn_server_lines_are_not_labelled_error() -> None:
+    # uvicorn logs "Started server process" and the like as `uvicorn.error`.
+    record = logging.LogRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (7,), None
+    )
+
+    line = LineFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+
+    assert line == "INFO uvicorn: Started server process [7]"
+    assert record.name == "uvicorn.error", "the record other handlers see was changed"

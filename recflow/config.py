@@ -125,6 +125,8 @@ class StepConfig:
     raw_params: Mapping[str, Any]
     retry: RetryPolicy
     line: int | None = None
+    # Seconds an attempt may run before it counts as failed (recflow.worker).
+    timeout: float = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -741,6 +743,7 @@ class _Loader:
                         backoff=float(retry.get("backoff", RetryPolicy.backoff)),
                     ),
                     line=self._line(here),
+                    timeout=float(item.get("timeout", StepConfig.timeout)),
                 )
             )
         return tuple(steps)

@@ -86,6 +86,7 @@ _STEP: dict[str, Any] = {
                 "backoff": {"type": "number", "minimum": 0, "maximum": 86400},
             },
         },
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
     },
 }
 

@@ -10,10 +10,16 @@ and, every `recovery_interval`, enqueues steps the journal owes that no
 task will bring: a worker killed mid-step, a task lost with its queue.
 
 Threads, not Huey's consumer, so that the process that runs them (the web
-server, or `recflow worker`) keeps its own signal handling. A known
-shortcoming: a step that hangs is never interrupted (threads cannot be
-killed); `close()` stops waiting for it after its timeout, and its lease
-runs out once the process is gone.
+server, or `recflow worker`) keeps its own signal handling.
+
+An attempt that runs past its step's `timeout` (an action stuck on a dead
+network share, a plugin waiting forever) is failed by the housekeeping
+thread, with the rule's retries, and a new worker thread takes the stuck
+one's place. A known shortcoming: the stuck thread itself cannot be
+stopped (Python threads cannot be killed); it goes on until its action
+returns, and then its outcome is refused, since the journal has moved to
+the next attempt, and the thread ends. `close()` stops waiting for it after
+its own timeout.
 """
 
 from __future__ import annotations
@@ -60,13 +66,19 @@ class StepRunner:
         self.owner = owner
         self.lease = lease
         self.redactor = Redactor(config.secrets)
-        self._running: set[StepKey] = set()
+        # Attempts running now, by (step, attempt), with their monotonic
+        # deadlines and threads; those failed by their timeout, still
+        # running; the threads stuck in them, replaced, to end when free.
+        self._running: dict[tuple[StepKey, int], tuple[Claim, float, threading.Thread]] = {}
+        self._abandoned: set[tuple[StepKey, int]] = set()
+        self._replaced: set[threading.Thread] = set()
         self._lock = threading.Lock()
 
     def running(self) -> list[StepKey]:
-        """The steps this process is running now (their leases to renew)."""
+        """The steps this process is running now, within their timeouts
+        (their leases to renew)."""
         with self._lock:
-            return list(self._running)
+            return [key for key, _ in self._running]
 
     def run(self, key: StepKey) -> str | None:
         """Run `key` if the journal lets this worker claim it.
@@ -78,19 +90,83 @@ class StepRunner:
         if claim is None:
             logger.debug("task for %s/%s/%d dropped: not due", *key)
             return None
+        _, _, step = self._resolve(claim)
+        timeout = step.timeout if step is not None else StepConfig.timeout
+        attempt = (key, claim.attempt)
         with self._lock:
-            self._running.add(key)
+            self._running[attempt] = (
+                claim,
+                time.monotonic() + timeout,
+                threading.current_thread(),
+            )
         try:
             return self._run_claimed(claim)
         finally:
             with self._lock:
-                self._running.discard(key)
+                self._running.pop(attempt, None)
+                self._abandoned.discard(attempt)
+
+    def replaced(self) -> bool:
+        """Whether the calling thread was replaced while stuck past a timeout
+        (`time_out`), and is to end now that it is free."""
+        with self._lock:
+            thread = threading.current_thread()
+            if thread in self._replaced:
+                self._replaced.discard(thread)
+                return True
+            return False
+
+    def time_out(self) -> int:
+        """Fail the attempts that have run past their step's timeout; how many.
+
+        Each is recorded as failed, retried as the step's `retry` says, and
+        its lease is no longer renewed. Its thread is left to finish, and
+        counted as replaced: the caller starts one in its place.
+        """
+        now = time.monotonic()
+        with self._lock:
+            late = [
+                (attempt, claim, thread)
+                for attempt, (claim, due, thread) in self._running.items()
+                if due <= now
+            ]
+            for attempt, _, thread in late:
+                del self._running[attempt]
+                self._abandoned.add(attempt)
+                self._replaced.add(thread)
+        for _, claim, _ in late:
+            event, rule, step = self._resolve(claim)
+            timeout = step.timeout if step is not None else StepConfig.timeout
+            error = f"timed out after {timeout:g} s"
+            logger.error(
+                "step timed out event=%s rule=%s step=%d action=%s attempt=%d: still running"
+                " after %g s; failed, its thread left stuck in the action and replaced",
+                claim.key.event_id,
+                claim.key.rule,
+                claim.key.step_index + 1,
+                step.action if step else "?",
+                claim.attempt,
+                timeout,
+            )
+            try:
+                self._fail(
+                    claim, event, rule, step, error, False, "it ended as it timed out, as recorded"
+                )
+            except BackendError as exc:
+                # Not renewed any more: its lease runs out and recovery runs it again.
+                logger.warning("step %s/%s/%d timed out; cannot record it: %s", *claim.key, exc)
+        return len(late)
+
+    def _resolve(self, claim: Claim) -> tuple[Event, RuleConfig | None, StepConfig | None]:
+        """The claimed step's event, and its rule and step in this config (if any)."""
+        key = claim.key
+        rule = self.config.rule(key.rule)
+        step = rule.steps[key.step_index] if rule and key.step_index < len(rule.steps) else None
+        return Event.from_dict(claim.event), rule, step
 
     def _run_claimed(self, claim: Claim) -> str:
         key = claim.key
-        event = Event.from_dict(claim.event)
-        rule = self.config.rule(key.rule)
-        step = rule.steps[key.step_index] if rule and key.step_index < len(rule.steps) else None
+        event, rule, step = self._resolve(claim)
         if rule is None or step is None:
             error = f"rule {key.rule!r} has no step {key.step_index + 1} in the config any more"
             return self._fail(claim, event, rule, step, error, permanent=True)
@@ -110,7 +186,7 @@ class StepRunner:
         following = rule.steps[key.step_index + 1] if key.step_index + 1 < len(rule.steps) else None
         next_step = (following.action, following.id) if following else None
         if not self.journal.succeed(claim, self.owner, outputs, time.time(), next_step):
-            self._log(claim, step, "lost", "another worker took the step over")
+            self._log(claim, step, "lost", self._why_lost(claim))
             return "lost"
         self._log(claim, step, "done", None)
         self._hook("step_succeeded", event=event, rule=rule, step=step, outputs=outputs)
@@ -156,6 +232,7 @@ class StepRunner:
         step: StepConfig | None,
         error: str,
         permanent: bool,
+        lost_why: str | None = None,
     ) -> str:
         error = self.redactor.mask(" ".join(error.split()) or "failed")
         now = time.time()
@@ -163,7 +240,7 @@ class StepRunner:
         if step is not None and not permanent and claim.attempt < step.retry.attempts:
             retry_at = now + step.retry.delay(claim.attempt)
         if not self.journal.fail(claim, self.owner, error, now, retry_at):
-            self._log(claim, step, "lost", "another worker took the step over")
+            self._log(claim, step, "lost", lost_why or self._why_lost(claim))
             return "lost"
         if retry_at is not None:
             self._log(claim, step, "retry", f"{error} (again in {retry_at - now:.3g} s)")
@@ -173,6 +250,13 @@ class StepRunner:
         if rule is not None and step is not None:
             self._hook("step_failed", event=event, rule=rule, step=step, error=error)
         return "failed"
+
+    def _why_lost(self, claim: Claim) -> str:
+        """Why the journal refused this attempt's outcome."""
+        with self._lock:
+            if (claim.key, claim.attempt) in self._abandoned:
+                return "it had timed out; its outcome is not recorded"
+        return "another worker took the step over"
 
     def _log(self, claim: Claim, step: StepConfig | None, outcome: str, why: str | None) -> None:
         key = claim.key
@@ -215,20 +299,25 @@ class WorkerPool:
         self.tick = tick
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._started = 0
 
     def start(self, workers: int) -> None:
         """Start `workers` threads; recovery first enqueues what is owed."""
         self.recover(grace=0.0)
-        for number in range(workers):
-            thread = threading.Thread(
-                target=self._work, name=f"recflow-worker-{number + 1}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        for _ in range(workers):
+            self._start_worker()
         keeper = threading.Thread(target=self._keep, name="recflow-housekeeper", daemon=True)
         keeper.start()
         self._threads.append(keeper)
         logger.info("%d workers started", workers)
+
+    def _start_worker(self) -> None:
+        self._started += 1
+        thread = threading.Thread(
+            target=self._work, name=f"recflow-worker-{self._started}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Let running steps finish, at most `timeout` s; True if all did.
@@ -285,6 +374,8 @@ class WorkerPool:
                 logger.warning("step %s/%s/%d: %s", *key, exc)
             except Exception:
                 logger.exception("step %s/%s/%d: unexpected error in the worker", *key)
+            if self.runner.replaced():
+                return  # stuck past a timeout, another thread took this one's place
 
     def _keep(self) -> None:
         last_recovery = last_renewal = time.monotonic()
@@ -294,6 +385,9 @@ class WorkerPool:
                 self.queue.move_due()
             except Exception as exc:
                 logger.warning("cannot move delayed steps, will try again: %s", exc)
+            for _ in range(self.runner.time_out()):
+                if not self._stop.is_set():
+                    self._start_worker()
             if now - last_renewal >= self.runner.lease / 3:
                 last_renewal = now
                 running = self.runner.running()

@@ -59,6 +59,7 @@ def step(
     attempts: int = 3,
     backoff: float = 0.05,
     index: int = 0,
+    timeout: float = StepConfig.timeout,
 ) -> StepConfig:
     raw = params or {}
     return StepConfig(
@@ -68,6 +69,7 @@ def step(
         params=compile_params(raw, f"steps[{index}].with"),
         raw_params=raw,
         retry=RetryPolicy(attempts=attempts, backoff=backoff, max_backoff=1.0),
+        timeout=timeout,
     )
 
 

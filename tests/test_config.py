@@ -201,6 +201,7 @@ rules:
         action: store
         with: {to: "file:///tmp/x.wav"}
         retry: {attempts: 3, backoff: 0.5}
+        timeout: 900
       - action: delete
 """
     )
@@ -216,6 +217,7 @@ rules:
     store, delete = rule.steps
     assert (store.retry.attempts, store.retry.backoff, store.retry.max_backoff) == (3, 0.5, 600)
     assert (delete.retry.attempts, delete.retry.backoff) == (5, 2.0)
+    assert (store.timeout, delete.timeout) == (900, 3600)
     assert isinstance(store.params, Compiled)
     assert store.line == text.splitlines().index("      - id: archive") + 1
 
@@ -312,8 +314,21 @@ rules:
         tries: 3  # <-
 """,
         "rules[0].steps[0].tries",
-        "unknown key 'tries'; accepted: action, id, retry, with",
+        "unknown key 'tries'; accepted: action, id, retry, timeout, with",
         id="unknown-key-in-step",
+    ),
+    pytest.param(
+        PROVIDER
+        + """\
+rules:
+  - name: a
+    steps:
+      - action: delete
+        timeout: 0  # <-
+""",
+        "rules[0].steps[0].timeout",
+        "0",
+        id="zero-timeout",
     ),
     pytest.param(
         PROVIDER + "rules:\n  - name: a\n    when: {}  # <-\n    steps: [{action: notify}]\n",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -24,6 +25,7 @@ from redis_util import backend_url, redis_server, redis_url  # noqa: F401  (fixt
 from recflow import hookimpl
 from recflow.journal import Owner
 from recflow.pipeline import open_runtime
+from recflow.plugins import ActionSpec
 from recflow.queue import StepKey
 
 
@@ -65,6 +67,66 @@ def run_rules(tmp_path, backend_url):  # noqa: F811
     yield run
     for runtime in opened:
         runtime.close(timeout=10)
+
+
+class Hang:
+    """A plugin whose action `t_hang` hangs on its first attempt until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    @hookimpl
+    def register_actions(self, register):
+        register(ActionSpec(name="t_hang", run=self.run, description="hangs once"))
+
+    def run(self, params, ctx):
+        if ctx.attempt == 1:
+            self.release.wait(60)
+        return {"attempt": ctx.attempt}
+
+
+def _worker_threads() -> int:
+    return sum(t.name.startswith("recflow-worker-") for t in threading.enumerate())
+
+
+def test_a_step_past_its_timeout_is_failed_retried_and_its_thread_replaced(
+    tmp_path, run_rules, caplog
+):
+    out = tmp_path / "out.txt"
+    rules = (
+        rule(
+            "r",
+            step("t_hang", timeout=0.5, attempts=3),
+            step("t_append", {"file": str(out)}),
+        ),
+    )
+    hang = Hang()
+    before = _worker_threads()
+
+    caplog.set_level("WARNING", logger="recflow.worker")
+    try:
+        runtime, event, steps = run_rules(rules, plugin_host(hang))
+
+        assert [(s["state"], s["attempts"]) for s in steps] == [("done", 2), ("done", 1)]
+        runs = runtime.journal.get_event(event.id)["steps"][0]["runs"]
+        assert [(r["outcome"], r["error"]) for r in runs] == [
+            ("error", "timed out after 0.5 s"),
+            ("done", None),
+        ]
+        assert any("step timed out" in m and "replaced" in m for m in caplog.messages)
+        # The stuck thread still runs; a new one took its place.
+        assert _worker_threads() == before + 3
+    finally:
+        hang.release.set()
+
+    # Once its action returns, the stuck attempt's outcome is refused and its thread ends.
+    wait_for(lambda: _worker_threads() == before + 2, what="the stuck thread to end")
+    assert any("it had timed out; its outcome is not recorded" in m for m in caplog.messages)
+    steps = runtime.journal.get_event(event.id)["steps"]
+    assert [(s["state"], s["attempts"], s["outputs"]) for s in steps[:1]] == [
+        ("done", 2, {"attempt": 2})
+    ]
+    assert len(lines(out)) == 1
 
 
 def test_steps_run_in_order_and_later_steps_read_earlier_outputs(tmp_path, run_rules):

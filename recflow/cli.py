@@ -391,7 +391,8 @@ def _open_backend(
     `checked`: exit 1 first if `recflow check` would. `existing`: a
     command that reads the journal refuses to create an SQLite file, which
     would only say "no events" about a database that is elsewhere (a
-    config copied to another folder, a release symlink switched since).
+    config copied to another folder, a release symlink switched since),
+    and to upgrade one of an earlier release, which may still be running.
     """
     from recflow import config as config_module
     from recflow import pipeline
@@ -408,7 +409,7 @@ def _open_backend(
             f"no database at {backend.location} (from {config.path}): nothing was received"
             " with this config there; is recflow serve running with another copy of it?"
         )
-    return config, pipeline.open_runtime(config, host)
+    return config, pipeline.open_runtime(config, host, upgrade=not existing)
 
 
 @cli.command()
@@ -586,12 +587,29 @@ def retry(config_file: str | None, event_id: str | None, all_failed: bool) -> No
         click.echo(f"queued again: {key.event_id[:12]} {key.rule}#{key.step_index + 1}")
 
 
+def _callback_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--url` as given, once it is an http(s) URL with a host and a valid port."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not one
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r}: give an http:// or https:// URL with a host")
+    return value
+
+
 @cli.command()
 @config_option
 @click.argument("status", type=click.Choice(["completed", "in-progress", "absent", "failed"]))
 @click.option("--duration", type=click.IntRange(1, 3600), default=5, show_default=True,
               help="seconds of audio")  # fmt: skip
-@click.option("--url", default=None, help="callback URL (default: server.listen + server.path)")
+@click.option("--url", default=None, callback=_callback_url,
+              help="callback URL (default: server.listen + server.path)")  # fmt: skip
 @click.option("--provider", "provider_name", default=None, help="provider name (default: first)")
 @click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
               help="seconds to keep serving the media")  # fmt: skip

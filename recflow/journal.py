@@ -203,12 +203,18 @@ def first_step_keys(events: Sequence[NewEvent], fresh: Sequence[bool]) -> list[S
     ]
 
 
-def open_journal(backend: Backend) -> Journal:
-    """The journal implementation for a parsed backend URL."""
+def open_journal(backend: Backend, upgrade: bool = True) -> Journal:
+    """The journal implementation for a parsed backend URL.
+
+    `upgrade=False` (the commands that read the journal) refuses an SQLite
+    file of an earlier schema rather than upgrade it: an upgrade is for the
+    new release's `recflow serve` or `recflow worker`, once the old ones
+    have stopped, not a side effect of a look at the events.
+    """
     if backend.kind == "sqlite":
         from recflow.journal_sqlite import SqliteJournal
 
-        return SqliteJournal(backend.location)
+        return SqliteJournal(backend.location, upgrade=upgrade)
     from recflow.journal_redis import RedisJournal
 
     return RedisJournal(backend.location)

@@ -115,10 +115,17 @@ class SqliteJournal(Journal):
     """The journal tables in one SQLite file shared by every process."""
 
     def __init__(
-        self, path: str, busy_timeout: float = 10.0, checkpoint_pages: int | None = None
+        self,
+        path: str,
+        busy_timeout: float = 10.0,
+        checkpoint_pages: int | None = None,
+        upgrade: bool = True,
     ) -> None:
-        """`checkpoint_pages`: the WAL size, in pages, past which this process's commits
-        checkpoint it (SQLite's default, 1,000, when None)."""
+        """`checkpoint_pages`: the WAL size, in pages, past which this process's
+        commits checkpoint it (SQLite's default, 1,000, when None). `upgrade`:
+        bring a file of an earlier schema up to this one; when False (the
+        commands that read the journal), such a file is refused instead.
+        """
         self.path = path
         self._busy_timeout = busy_timeout
         self._checkpoint_pages = checkpoint_pages
@@ -126,33 +133,39 @@ class SqliteJournal(Journal):
         self._lock = sqlite_write_lock(path)
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            self._open_tables()
-        except (OSError, sqlite3.Error) as exc:
+            created = not os.path.exists(path)
+            self._open_tables(upgrade)
+        except OSError as exc:
             raise BackendError(f"cannot open the journal {path}: {exc}") from exc
+        if created:
+            logger.info("journal %s: a new file, created", path)
 
-    def _open_tables(self) -> None:
+    def _open_tables(self, upgrade: bool) -> None:
         """Create or upgrade the tables, waiting out another process's upgrade.
 
         An upgrade holds the file's write lock far longer than the busy
         timeout that suits a callback's commit. A process opening the file
         meanwhile (another receiver, a worker, `recflow events`) waits for it
-        and says so, instead of failing with "database is locked".
+        and says so, instead of failing with "database is locked". Any other
+        error names the file.
         """
         deadline = time.monotonic() + OPEN_WAIT
         warned = False
         while True:
             try:
-                with self._write() as conn:
-                    _create_or_upgrade(conn, self.path)
+                self._open_once(upgrade)
                 return
-            except BackendError as exc:
-                if not _is_busy(exc.__cause__):
-                    raise
+            except (BackendError, sqlite3.Error) as exc:
+                cause = exc.__cause__ if isinstance(exc, BackendError) else exc
+                if cause is None:
+                    raise  # our own words: a later schema, an upgrade not ours to make
+                if not _is_busy(cause):
+                    raise BackendError(f"cannot open the journal {self.path}: {cause}") from cause
                 if time.monotonic() >= deadline:
                     raise BackendError(
                         f"cannot open the journal {self.path}: another process has held"
                         f" its write lock for {OPEN_WAIT / 60:g} minutes"
-                    ) from exc
+                    ) from cause
             if not warned:
                 logger.warning(
                     "journal %s: another process is writing it, an upgrade perhaps;"
@@ -161,6 +174,31 @@ class SqliteJournal(Journal):
                     OPEN_WAIT / 60,
                 )
                 warned = True
+
+    def _open_once(self, upgrade: bool) -> None:
+        # The schema version first, read without changing the file: a file
+        # of a later recflow is refused before anything switches it to WAL.
+        probe = sqlite3.connect(self.path, timeout=self._busy_timeout)
+        try:
+            (version,) = probe.execute("pragma user_version").fetchone()
+        finally:
+            probe.close()
+        _refuse_later(version, self.path)
+
+        started = time.monotonic()
+        with self._write() as conn:
+            upgraded = _create_or_upgrade(conn, self.path, upgrade)
+        if upgraded:
+            logger.warning(
+                "journal %s: upgraded to schema version %d in %.1f s",
+                self.path,
+                _VERSION,
+                time.monotonic() - started,
+            )
+            # The upgrade's pages fill the WAL, as large as the tables: give
+            # the disk back now rather than keep it until the last process ends.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("pragma wal_checkpoint(TRUNCATE)")
 
     # -- connections ------------------------------------------------------
 
@@ -198,7 +236,10 @@ class SqliteJournal(Journal):
                 try:
                     yield conn
                 except BaseException:
-                    conn.execute("rollback")
+                    # SQLite may have rolled back already (a full disk, say):
+                    # a rollback then would hide the error that ended it.
+                    if conn.in_transaction:
+                        conn.execute("rollback")
                     raise
                 conn.execute("commit")
             except sqlite3.Error as exc:
@@ -546,8 +587,9 @@ class SqliteJournal(Journal):
         }
 
 
-def _create_or_upgrade(conn: sqlite3.Connection, path: str) -> None:
-    """Create the tables, or bring an earlier version's up to this one.
+def _create_or_upgrade(conn: sqlite3.Connection, path: str, upgrade: bool) -> bool:
+    """Create the tables, or bring an earlier version's up to this one;
+    whether it upgraded them.
 
     Runs in a write transaction: of several processes opening one file at
     once, the first upgrades it and the others find it done. A file made
@@ -555,21 +597,31 @@ def _create_or_upgrade(conn: sqlite3.Connection, path: str) -> None:
     not expect.
     """
     (version,) = conn.execute("pragma user_version").fetchone()
+    _refuse_later(version, path)
+    columns = {row[1] for row in conn.execute("pragma table_info(journal_steps)")}
+    earlier = "event_id" in columns
+    if earlier and not upgrade:
+        raise BackendError(
+            f"the journal {path} has the tables of an earlier recflow (schema version 0):"
+            " `recflow serve` or `recflow worker` of this release upgrades them when it"
+            " starts (docs/deploying.md: Upgrading recflow)"
+        )
+    if earlier:
+        logger.warning("journal %s: upgrading its tables to schema version %d", path, _VERSION)
+    for statement in _FROM_VERSION_0 if earlier else _SCHEMA:
+        conn.execute(statement)
+    # Written on every opening: a file that cannot be written (read-only,
+    # immutable) is refused now, not at the first callback, which would get 503.
+    conn.execute(f"pragma user_version = {_VERSION}")
+    return earlier
+
+
+def _refuse_later(version: int, path: str) -> None:
     if version > _VERSION:
         raise BackendError(
             f"the journal {path} was made by a later recflow (schema version {version},"
             f" this one knows {_VERSION}): run that release, or point backend: elsewhere"
         )
-    columns = {row[1] for row in conn.execute("pragma table_info(journal_steps)")}
-    if "event_id" in columns:
-        logger.warning("journal %s: upgrading its tables to schema version %d", path, _VERSION)
-        statements: tuple[str, ...] = _FROM_VERSION_0
-    else:
-        statements = _SCHEMA
-    for statement in statements:
-        conn.execute(statement)
-    if version != _VERSION:
-        conn.execute(f"pragma user_version = {_VERSION}")
 
 
 def _is_busy(exc: BaseException | None) -> bool:

@@ -390,13 +390,14 @@ class Runtime:
         recovery_interval: float = 30.0,
         recovery_grace: float = 30.0,
         commit_process: bool = False,
+        upgrade: bool = True,
     ) -> None:
         # A loaded config's SQLite path is absolute already; this is for one made by hand.
         base_dir = os.path.dirname(os.path.abspath(config.path)) if config.path else "."
         backend = parse_backend(config.backend, base_dir)
         # The journal first: its opening waits out another process's upgrade
         # of the file, which Huey's storage would take for a locked database.
-        self.journal = open_journal(backend)
+        self.journal = open_journal(backend, upgrade=upgrade)
         self.queue = StepQueue(backend)
         self.pipeline = Pipeline(
             self.journal,
@@ -426,13 +427,20 @@ class Runtime:
 
 
 def open_runtime(
-    config: Config, host: PluginHost, *, commit_process: bool = False, **options: float
+    config: Config,
+    host: PluginHost,
+    *,
+    commit_process: bool = False,
+    upgrade: bool = True,
+    **options: float,
 ) -> Runtime:
     """Open the backend of `config` for the receiver and the workers.
 
     `commit_process` commits accepted callbacks from a child process (what
-    `recflow serve` does); `options` tune leases and recovery (`lease`,
-    `recovery_interval`, `recovery_grace`, in seconds); the defaults suit
-    production. Raises `BackendError` when the backend cannot be opened.
+    `recflow serve` does); `upgrade=False` refuses a journal of an earlier
+    schema instead of upgrading it (`open_journal`); `options` tune leases
+    and recovery (`lease`, `recovery_interval`, `recovery_grace`, in
+    seconds); the defaults suit production. Raises `BackendError` when the
+    backend cannot be opened.
     """
-    return Runtime(config, host, commit_process=commit_process, **options)
+    return Runtime(config, host, commit_process=commit_process, upgrade=upgrade, **options)

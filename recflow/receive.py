@@ -244,7 +244,8 @@ class _Receiver:
         if scope["method"] == "POST":
             raw_body = await _read_body(scope, receive, limit)
             media = _media_type(headers.get("content-type"))
-            _check_content_encoding(headers.get("content-encoding"))
+            if "content-encoding" in headers:
+                _check_content_encoding(scope)
 
         query_pairs = _parse_pairs(scope.get("query_string", b""), "query string")
         body_pairs: list[tuple[str, str]] | None = None
@@ -411,13 +412,21 @@ def _media_type(header: str | None) -> str:
     return media
 
 
-def _check_content_encoding(header: str | None) -> None:
+def _check_content_encoding(scope: Scope) -> None:
     """A 415 for a compressed body: the providers send theirs as is.
 
     Read as it came, a gzip body would be refused by its signature (403),
-    which would send whoever debugs it after the wrong key.
+    which would send whoever debugs it after the wrong key. Every coding of
+    every Content-Encoding header counts (`identity` then `gzip` is gzip).
     """
-    if header is not None and header.strip().lower() not in ("", "identity"):
+    values = [
+        value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name.lower() == b"content-encoding"
+    ]
+    codings = [coding.strip().lower() for value in values for coding in value.split(",")]
+    if any(coding not in ("", "identity") for coding in codings):
+        header = ", ".join(values)
         raise RequestError(
             415,
             "unsupported content encoding",

@@ -343,10 +343,12 @@ def run(
             answer = httpx.post(
                 callback.url, content=callback.body, headers=callback.headers, timeout=15
             )
-        except httpx.HTTPError as exc:
+        except httpx.ConnectError as exc:
             raise TriggerError(
                 f"cannot reach {callback.url}: {exc} (is recflow serve running?)"
             ) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise TriggerError(f"cannot post to {callback.url}: {exc}") from None
         echo(f"answer: {answer.status_code} {answer.text.strip()[:200]}".rstrip())
         if not answer.is_success:
             return False

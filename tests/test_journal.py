@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -360,6 +361,9 @@ def test_a_file_of_the_earlier_schema_is_upgraded_with_nothing_lost(tmp_path, ca
         journal = SqliteJournal(str(db))
 
     assert [m for m in caplog.messages if "upgrading" in m], caplog.messages
+    assert [m for m in caplog.messages if "upgraded to schema version 1 in" in m]
+    # The upgrade's copy of the tables went through the WAL; its space is given back.
+    assert os.path.getsize(f"{db}-wal") == 0
     assert [e["id"] for e in journal.list_events(10)] == list(reversed(before))
     for event_id, steps in before.items():
         shown = journal.get_event(event_id)["steps"]
@@ -390,6 +394,27 @@ def test_a_file_of_the_earlier_schema_is_upgraded_with_nothing_lost(tmp_path, ca
     with caplog.at_level("WARNING", logger="recflow.journal_sqlite"):
         SqliteJournal(str(db)).close()
     assert not caplog.messages, "an upgraded file was upgraded again"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [pytest.param(["events"], id="events"), pytest.param(["retry", "--failed"], id="retry")],
+)
+def test_commands_that_read_the_journal_refuse_an_earlier_file_and_leave_it(cli_config, args):
+    # The release that made it may still be running: serve and worker upgrade it.
+    database = cli_config.parent / "var" / "recflow.db"
+    database.parent.mkdir()
+    _v0_file(database.parent)
+
+    code, output = _cli(*args, "-c", str(cli_config))
+
+    assert code == 1
+    assert f"the journal {database} has the tables of an earlier recflow" in output
+    assert "`recflow serve` or `recflow worker` of this release upgrades them" in output
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("pragma user_version").fetchone() == (0,)
+        columns = {row[1] for row in conn.execute("pragma table_info(journal_steps)")}
+        assert "event_id" in columns
 
 
 def test_processes_opening_an_earlier_file_at_once_upgrade_it_once(tmp_path):
@@ -454,6 +479,37 @@ print("holding", flush=True)
 time.sleep(float(sys.argv[2]))
 conn.execute("commit")
 """
+
+
+def test_a_file_that_cannot_be_written_is_refused_when_opened_not_at_the_first_callback(
+    tmp_path,
+):
+    db = tmp_path / "recflow.db"
+    SqliteJournal(str(db)).close()
+    # Immutable: refused even to root, as a read-only mount or file would be to a user.
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root and a file system with it)")
+    try:
+        with pytest.raises(BackendError) as refused:
+            SqliteJournal(str(db))
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+
+    assert str(refused.value).startswith(f"cannot open the journal {db}: ")
+    assert "readonly" in str(refused.value)
+
+
+def test_an_error_that_ended_a_transaction_is_the_one_reported(tmp_path):
+    # SQLite rolls a transaction back itself on some errors (a full disk);
+    # rolling back again must not replace the cause with "no transaction is active".
+    journal = SqliteJournal(str(tmp_path / "recflow.db"))
+    (pages,) = journal._conn().execute("pragma page_count").fetchone()
+    journal._conn().execute(f"pragma max_page_count = {pages + 2}")
+    big = {"account_sid": "AC1", "recording_sid": "RE1", "status": "completed", "x": "y" * 50_000}
+
+    with pytest.raises(BackendError, match="full"):
+        journal.record([NewEvent("e1", big, NOW, ("r",), (("r", "t_echo", None),))], NOW)
+    journal.close()
 
 
 def test_a_file_of_a_later_schema_is_refused_not_written(tmp_path):

@@ -479,6 +479,38 @@ def _refusals() -> list[Any]:
     ]
 
 
+@pytest.mark.parametrize(
+    "codings",
+    [
+        pytest.param(["identity", "gzip"], id="gzip-after-identity"),
+        pytest.param(["identity, gzip"], id="gzip-in-a-list"),
+        pytest.param(["", "GZip"], id="gzip-after-empty"),
+    ],
+)
+def test_a_compressed_body_is_refused_whatever_content_encoding_comes_first(
+    site: Site, codings: list[str]
+) -> None:
+    # Signed over the form as sent: only the encoding can refuse it.
+    form, headers = signed_form(site.base + PATH, list(CALLBACK), KEY)
+    body = gzip.compress(form)
+    parts = urlsplit(site.base)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.putrequest("POST", PATH)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(name, value)
+        for coding in codings:
+            conn.putheader("Content-Encoding", coding)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        conn.close()
+
+    assert response.status == 415
+    assert answer == {"error": "unsupported content encoding"}
+
+
 @pytest.mark.parametrize(("request_", "status", "reason"), _refusals())
 def test_refused(site: Site, request_: Callable[[Site], Answer], status: int, reason: str) -> None:
     before = len(site.pipeline.events)

@@ -190,3 +190,30 @@ def test_trigger_reports_an_unreachable_server(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "is recflow serve running?" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        pytest.param("http://127.0.0.1:8093:1/r", "is not a URL", id="two-ports"),
+        pytest.param("http://[::1", "is not a URL", id="unclosed-ipv6"),
+        pytest.param("ftp://127.0.0.1/r", "give an http:// or https:// URL", id="ftp"),
+        pytest.param("127.0.0.1:8080/r", "give an http:// or https:// URL", id="no-scheme"),
+    ],
+)
+def test_trigger_refuses_a_url_it_cannot_post_to_in_one_line(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        CONFIG.format(account=ACCOUNT, token=TOKEN, key=KEY, media_port=free_port())
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "from recflow.cli import main; main()", "trigger", "absent",
+         "--url", url, "-c", str(config_file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"Invalid value for '--url': {url!r}" in done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr

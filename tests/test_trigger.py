@@ -177,16 +177,22 @@ def test_trigger_against_a_running_server(tmp_path: Path) -> None:
         assert reader.getnframes() / reader.getframerate() == pytest.approx(2, abs=0.01)
 
 
-def test_trigger_reports_an_unreachable_server(tmp_path: Path) -> None:
+def _trigger_absent(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """`recflow trigger absent --url URL` in a process of its own."""
     config_file = tmp_path / "config.yaml"
     config_file.write_text(
         CONFIG.format(account=ACCOUNT, token=TOKEN, key=KEY, media_port=free_port())
     )
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", "from recflow.cli import main; main()", "trigger", "absent",
-         "--url", f"http://127.0.0.1:{free_port()}/recordings", "-c", str(config_file)],
+         "--url", url, "-c", str(config_file)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def test_trigger_reports_an_unreachable_server(tmp_path: Path) -> None:
+    done = _trigger_absent(tmp_path, f"http://127.0.0.1:{free_port()}/recordings")
+
     assert done.returncode == 1
     assert "is recflow serve running?" in done.stderr
     assert "Traceback" not in done.stderr
@@ -204,15 +210,8 @@ def test_trigger_reports_an_unreachable_server(tmp_path: Path) -> None:
 def test_trigger_refuses_a_url_it_cannot_post_to_in_one_line(
     tmp_path: Path, url: str, says: str
 ) -> None:
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(
-        CONFIG.format(account=ACCOUNT, token=TOKEN, key=KEY, media_port=free_port())
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", "from recflow.cli import main; main()", "trigger", "absent",
-         "--url", url, "-c", str(config_file)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _trigger_absent(tmp_path, url)
+
     assert done.returncode == 2
     assert f"Invalid value for '--url': {url!r}" in done.stderr
     assert says in done.stderr

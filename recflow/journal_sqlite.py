@@ -40,8 +40,11 @@ logger = logging.getLogger(__name__)
 _VERSION = 1
 
 # How long opening the file waits for another process's write transaction,
-# an upgrade above all: one takes about 5 s per 200,000 events.
+# an upgrade above all: one takes about 5 s per 200,000 events. It waits in
+# turns of OPEN_TURN seconds: SQLite's busy wait cannot be interrupted, so
+# a turn is how soon the wait is logged, and how long Ctrl-C takes.
 OPEN_WAIT = 30 * 60.0
+OPEN_TURN = 1.0
 
 _SCHEMA = (
     """create table if not exists journal_events (
@@ -176,9 +179,10 @@ class SqliteJournal(Journal):
                 warned = True
 
     def _open_once(self, upgrade: bool) -> None:
+        turn = min(OPEN_TURN, self._busy_timeout)
         # The schema version first, read without changing the file: a file
         # of a later recflow is refused before anything switches it to WAL.
-        probe = sqlite3.connect(self.path, timeout=self._busy_timeout)
+        probe = sqlite3.connect(self.path, timeout=turn)
         try:
             (version,) = probe.execute("pragma user_version").fetchone()
         finally:
@@ -186,8 +190,13 @@ class SqliteJournal(Journal):
         _refuse_later(version, self.path)
 
         started = time.monotonic()
-        with self._write() as conn:
-            upgraded = _create_or_upgrade(conn, self.path, upgrade)
+        conn = self._conn()
+        conn.execute(f"pragma busy_timeout = {int(turn * 1000)}")
+        try:
+            with self._write() as conn:
+                upgraded = _create_or_upgrade(conn, self.path, upgrade)
+        finally:
+            conn.execute(f"pragma busy_timeout = {int(self._busy_timeout * 1000)}")
         if upgraded:
             logger.warning(
                 "journal %s: upgraded to schema version %d in %.1f s",

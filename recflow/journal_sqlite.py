@@ -104,9 +104,13 @@ _FROM_VERSION_0 = (
         select e.seq, s.rule, s.idx, s.rule_pos, s.step_id, s.action, s.state,
         s.attempts, s.next_at, s.lease_until, s.owner, s.error, s.outputs, s.updated_at
         from journal_steps_v0 s join journal_events e on e.id = s.event_id""",
-    "drop table journal_events_v0",
-    "drop table journal_steps_v0",
 )
+# Steps of no event (only a file edited by hand has them) are not copied:
+# counted before the old tables go.
+_LEFT_OUT_OF_VERSION_0 = (
+    "select (select count(*) from journal_steps_v0) - (select count(*) from journal_steps)"
+)
+_DROP_VERSION_0 = ("drop table journal_events_v0", "drop table journal_steps_v0")
 
 # A step's key, (event id, rule, index), as the condition on journal_steps.
 _STEP = "event = (select seq from journal_events where id = ?) and rule = ? and idx = ?"
@@ -617,8 +621,21 @@ def _create_or_upgrade(conn: sqlite3.Connection, path: str, upgrade: bool) -> bo
         )
     if earlier:
         logger.warning("journal %s: upgrading its tables to schema version %d", path, _VERSION)
-    for statement in _FROM_VERSION_0 if earlier else _SCHEMA:
-        conn.execute(statement)
+        for statement in _FROM_VERSION_0:
+            conn.execute(statement)
+        (left_out,) = conn.execute(_LEFT_OUT_OF_VERSION_0).fetchone()
+        if left_out:
+            logger.warning(
+                "journal %s: %d steps whose event is not in the file (was it edited?)"
+                " are left out of the upgrade",
+                path,
+                left_out,
+            )
+        for statement in _DROP_VERSION_0:
+            conn.execute(statement)
+    else:
+        for statement in _SCHEMA:
+            conn.execute(statement)
     # Written on every opening: a file that cannot be written (read-only,
     # immutable) is refused now, not at the first callback, which would get 503.
     conn.execute(f"pragma user_version = {_VERSION}")

@@ -396,6 +396,28 @@ def test_a_file_of_the_earlier_schema_is_upgraded_with_nothing_lost(tmp_path, ca
     assert not caplog.messages, "an upgraded file was upgraded again"
 
 
+def test_an_upgrade_says_how_many_steps_of_no_event_it_left_out(tmp_path, caplog):
+    db = _v0_file(tmp_path)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (gone,) = conn.execute("select event_id from journal_steps limit 1").fetchone()
+        (their_steps,) = conn.execute(
+            "select count(*) from journal_steps where event_id = ?", (gone,)
+        ).fetchone()
+        (all_steps,) = conn.execute("select count(*) from journal_steps").fetchone()
+        conn.execute("delete from journal_events where id = ?", (gone,))
+        conn.commit()
+
+    with caplog.at_level("WARNING", logger="recflow.journal_sqlite"):
+        journal = SqliteJournal(str(db))
+
+    assert any(
+        f"{their_steps} steps whose event is not in the file" in m for m in caplog.messages
+    ), caplog.messages
+    shown = sum(len(e["steps"]) for e in journal.list_events(10))
+    assert shown == all_steps - their_steps
+    journal.close()
+
+
 @pytest.mark.parametrize(
     "args",
     [pytest.param(["events"], id="events"), pytest.param(["retry", "--failed"], id="retry")],

@@ -24,9 +24,11 @@ its own timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from recflow.config import Config, RuleConfig, StepConfig
@@ -45,6 +47,27 @@ action_logger = logging.getLogger("recflow.action")
 
 class _Permanent(Exception):
     """A failure no attempt can mend: a missing rule, action or provider."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """One attempt this process runs: its claim, its monotonic deadline, its
+    thread. Its lock makes "record the outcome" and "time it out" one or the
+    other, never both."""
+
+    claim: Claim
+    due: float
+    thread: threading.Thread
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    recorded: bool = False  # its own outcome went to the journal
+    timed_out: bool = False  # failed by `StepRunner.time_out`
+
+
+def _why_lost(recorded: bool | None) -> str:
+    """Why an attempt's outcome was not recorded (`StepRunner._record`)."""
+    if recorded is None:
+        return "it had timed out; its outcome is not recorded"
+    return "another worker took the step over"
 
 
 class StepRunner:
@@ -66,11 +89,9 @@ class StepRunner:
         self.owner = owner
         self.lease = lease
         self.redactor = Redactor(config.secrets)
-        # Attempts running now, by (step, attempt), with their monotonic
-        # deadlines and threads; those failed by their timeout, still
-        # running; the threads stuck in them, replaced, to end when free.
-        self._running: dict[tuple[StepKey, int], tuple[Claim, float, threading.Thread]] = {}
-        self._abandoned: set[tuple[StepKey, int]] = set()
+        # The attempts this process is running, and the threads stuck in
+        # attempts failed by their timeout, replaced, to end when free.
+        self._runs: set[_Run] = set()
         self._replaced: set[threading.Thread] = set()
         self._lock = threading.Lock()
 
@@ -78,7 +99,7 @@ class StepRunner:
         """The steps this process is running now, within their timeouts
         (their leases to renew)."""
         with self._lock:
-            return [key for key, _ in self._running]
+            return [run.claim.key for run in self._runs if not run.timed_out]
 
     def run(self, key: StepKey) -> str | None:
         """Run `key` if the journal lets this worker claim it.
@@ -92,24 +113,21 @@ class StepRunner:
             return None
         _, _, step = self._resolve(claim)
         timeout = step.timeout if step is not None else StepConfig.timeout
-        attempt = (key, claim.attempt)
+        run = _Run(claim, time.monotonic() + timeout, threading.current_thread())
         with self._lock:
-            self._running[attempt] = (
-                claim,
-                time.monotonic() + timeout,
-                threading.current_thread(),
-            )
+            self._runs.add(run)
         try:
-            return self._run_claimed(claim)
+            return self._run_claimed(run)
         finally:
             with self._lock:
-                self._running.pop(attempt, None)
-                self._abandoned.discard(attempt)
+                self._runs.discard(run)
 
-    def replaced(self) -> bool:
-        """Whether the calling thread was replaced while stuck past a timeout
-        (`time_out`), and is to end now that it is free."""
+    def replaced(self, thread: threading.Thread | None = None) -> bool:
+        """Whether `thread` (the calling one by default) was replaced while
+        stuck past a timeout (`time_out`); the calling thread then ends."""
         with self._lock:
+            if thread is not None:
+                return thread in self._replaced
             thread = threading.current_thread()
             if thread in self._replaced:
                 self._replaced.discard(thread)
@@ -121,41 +139,59 @@ class StepRunner:
 
         Each is recorded as failed, retried as the step's `retry` says, and
         its lease is no longer renewed. Its thread is left to finish, and
-        counted as replaced: the caller starts one in its place.
+        counted as replaced: the caller starts one in its place. An attempt
+        whose own outcome was recorded first is left alone.
         """
         now = time.monotonic()
         with self._lock:
-            late = [
-                (attempt, claim, thread)
-                for attempt, (claim, due, thread) in self._running.items()
-                if due <= now
-            ]
-            for attempt, _, thread in late:
-                del self._running[attempt]
-                self._abandoned.add(attempt)
-                self._replaced.add(thread)
-        for _, claim, _ in late:
-            event, rule, step = self._resolve(claim)
-            timeout = step.timeout if step is not None else StepConfig.timeout
+            late = [run for run in self._runs if run.due <= now and not run.timed_out]
+        timed_out = 0
+        for run in late:
+            # The run's lock, not the runner's: recording may wait on the backend.
+            with run.lock:
+                if run.recorded:
+                    continue
+                run.timed_out = True
+                with self._lock:
+                    self._replaced.add(run.thread)
+                timed_out += 1
+                self._record_timeout(run)
+        return timed_out
+
+    def _record_timeout(self, run: _Run) -> None:
+        claim = run.claim
+        event, rule, step = self._resolve(claim)
+        timeout = step.timeout if step is not None else StepConfig.timeout
+        logger.error(
+            "step timed out event=%s rule=%s step=%d action=%s attempt=%d: still running"
+            " after %g s; failed, its thread left stuck in the action and replaced",
+            claim.key.event_id,
+            claim.key.rule,
+            claim.key.step_index + 1,
+            step.action if step else "?",
+            claim.attempt,
+            timeout,
+        )
+        try:
             error = f"timed out after {timeout:g} s"
-            logger.error(
-                "step timed out event=%s rule=%s step=%d action=%s attempt=%d: still running"
-                " after %g s; failed, its thread left stuck in the action and replaced",
-                claim.key.event_id,
-                claim.key.rule,
-                claim.key.step_index + 1,
-                step.action if step else "?",
-                claim.attempt,
-                timeout,
-            )
-            try:
-                self._fail(
-                    claim, event, rule, step, error, False, "it ended as it timed out, as recorded"
-                )
-            except BackendError as exc:
-                # Not renewed any more: its lease runs out and recovery runs it again.
-                logger.warning("step %s/%s/%d timed out; cannot record it: %s", *claim.key, exc)
-        return len(late)
+            self._fail(run, event, rule, step, error, False, timing_out=True)
+        except BackendError as exc:
+            # Not renewed any more: its lease runs out and recovery runs it again.
+            logger.warning("step %s/%s/%d timed out; cannot record it: %s", *claim.key, exc)
+
+    def _record(self, run: _Run, write: Callable[[], bool]) -> bool | None:
+        """Record `run`'s own outcome with `write`, unless its timeout came first.
+
+        True when recorded; False when the journal refused it (the step was
+        taken over); None when the run had timed out: then nothing is
+        written, so that a late outcome can never stand for a later attempt,
+        not even one that `recflow retry` numbered the same.
+        """
+        with run.lock:
+            if run.timed_out:
+                return None
+            run.recorded = True
+            return write()
 
     def _resolve(self, claim: Claim) -> tuple[Event, RuleConfig | None, StepConfig | None]:
         """The claimed step's event, and its rule and step in this config (if any)."""
@@ -164,29 +200,33 @@ class StepRunner:
         step = rule.steps[key.step_index] if rule and key.step_index < len(rule.steps) else None
         return Event.from_dict(claim.event), rule, step
 
-    def _run_claimed(self, claim: Claim) -> str:
+    def _run_claimed(self, run: _Run) -> str:
+        claim = run.claim
         key = claim.key
         event, rule, step = self._resolve(claim)
         if rule is None or step is None:
             error = f"rule {key.rule!r} has no step {key.step_index + 1} in the config any more"
-            return self._fail(claim, event, rule, step, error, permanent=True)
+            return self._fail(run, event, rule, step, error, permanent=True)
 
         self._hook("step_started", event=event, rule=rule, step=step, attempt=claim.attempt)
         try:
             outputs = self._execute(claim, event, rule, step)
         except ActionError as exc:
-            return self._fail(claim, event, rule, step, str(exc), exc.permanent)
+            return self._fail(run, event, rule, step, str(exc), exc.permanent)
         except _Permanent as exc:
-            return self._fail(claim, event, rule, step, str(exc), permanent=True)
+            return self._fail(run, event, rule, step, str(exc), permanent=True)
         except Exception as exc:  # an action may raise anything; the step fails
             error = f"{type(exc).__name__}: {exc}"
-            return self._fail(claim, event, rule, step, error, permanent=False)
+            return self._fail(run, event, rule, step, error, permanent=False)
 
         outputs = self.redactor.mask_obj(outputs)
         following = rule.steps[key.step_index + 1] if key.step_index + 1 < len(rule.steps) else None
         next_step = (following.action, following.id) if following else None
-        if not self.journal.succeed(claim, self.owner, outputs, time.time(), next_step):
-            self._log(claim, step, "lost", self._why_lost(claim))
+        recorded = self._record(
+            run, lambda: self.journal.succeed(claim, self.owner, outputs, time.time(), next_step)
+        )
+        if not recorded:
+            self._log(claim, step, "lost", _why_lost(recorded))
             return "lost"
         self._log(claim, step, "done", None)
         self._hook("step_succeeded", event=event, rule=rule, step=step, outputs=outputs)
@@ -226,21 +266,29 @@ class StepRunner:
 
     def _fail(
         self,
-        claim: Claim,
+        run: _Run,
         event: Event,
         rule: RuleConfig | None,
         step: StepConfig | None,
         error: str,
         permanent: bool,
-        lost_why: str | None = None,
+        timing_out: bool = False,
     ) -> str:
+        """Record a failed attempt: its own failure, or, `timing_out`, its
+        timeout (from `time_out`, which holds the run's lock)."""
+        claim = run.claim
         error = self.redactor.mask(" ".join(error.split()) or "failed")
         now = time.time()
         retry_at = None
         if step is not None and not permanent and claim.attempt < step.retry.attempts:
             retry_at = now + step.retry.delay(claim.attempt)
-        if not self.journal.fail(claim, self.owner, error, now, retry_at):
-            self._log(claim, step, "lost", lost_why or self._why_lost(claim))
+
+        def write() -> bool:
+            return self.journal.fail(claim, self.owner, error, now, retry_at)
+
+        recorded = write() if timing_out else self._record(run, write)
+        if not recorded:
+            self._log(claim, step, "lost", _why_lost(recorded))
             return "lost"
         if retry_at is not None:
             self._log(claim, step, "retry", f"{error} (again in {retry_at - now:.3g} s)")
@@ -250,13 +298,6 @@ class StepRunner:
         if rule is not None and step is not None:
             self._hook("step_failed", event=event, rule=rule, step=step, error=error)
         return "failed"
-
-    def _why_lost(self, claim: Claim) -> str:
-        """Why the journal refused this attempt's outcome."""
-        with self._lock:
-            if (claim.key, claim.attempt) in self._abandoned:
-                return "it had timed out; its outcome is not recorded"
-        return "another worker took the step over"
 
     def _log(self, claim: Claim, step: StepConfig | None, outcome: str, why: str | None) -> None:
         key = claim.key
@@ -329,7 +370,10 @@ class WorkerPool:
         self.queue.wakeup.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            # A thread stuck in an attempt already failed by its timeout has
+            # nothing left to record: not waited for.
+            if not self.runner.replaced(thread):
+                thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = self.runner.running()
         if unfinished:
             logger.warning(

@@ -129,6 +129,56 @@ def test_a_step_past_its_timeout_is_failed_retried_and_its_thread_replaced(
     assert len(lines(out)) == 1
 
 
+class HoldEach:
+    """A plugin whose action `t_hold` holds each call until the test releases it."""
+
+    def __init__(self) -> None:
+        self.started = [threading.Event() for _ in range(3)]
+        self.release = [threading.Event() for _ in range(3)]
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    @hookimpl
+    def register_actions(self, register):
+        register(ActionSpec(name="t_hold", run=self.run, description="holds each call"))
+
+    def run(self, params, ctx):
+        with self._lock:
+            call = self._calls
+            self._calls += 1
+        self.started[call].set()
+        self.release[call].wait(60)
+        return {"call": call}
+
+
+def test_a_timed_out_attempt_returning_during_a_retry_of_the_same_number_is_not_recorded(
+    tmp_path, run_rules, caplog
+):
+    # `recflow retry` numbers attempts from 1 again: the late outcome of the
+    # first attempt 1 must not be taken for the retried attempt 1's.
+    rules = (rule("r", step("t_hold", timeout=2, attempts=1)),)
+    hold = HoldEach()
+    caplog.set_level("WARNING", logger="recflow.worker")
+    try:
+        runtime, event, steps = run_rules(rules, plugin_host(hold))
+        assert [(s["state"], s["error"]) for s in steps] == [("failed", "timed out after 2 s")]
+
+        runtime.queue.put_many(runtime.journal.retry(event.id, time.time()))
+        assert hold.started[1].wait(10), "the retried attempt did not start"
+        hold.release[0].set()
+        wait_for(
+            lambda: any("its outcome is not recorded" in m for m in caplog.messages),
+            what="the late outcome to be refused",
+        )
+        hold.release[1].set()
+        steps = wait_for(lambda: settled(runtime.journal, event.id), what="the retry")
+    finally:
+        for release in hold.release:
+            release.set()
+
+    assert [(s["state"], s["attempts"], s["outputs"]) for s in steps] == [("done", 1, {"call": 1})]
+
+
 def test_steps_run_in_order_and_later_steps_read_earlier_outputs(tmp_path, run_rules):
     out = tmp_path / "out.txt"
     rules = (

@@ -47,6 +47,7 @@ import dataclasses
 import functools
 import gc
 import ipaddress
+import math
 import os
 import re
 import urllib.parse
@@ -182,7 +183,21 @@ class Config:
 
 # -- loading -------------------------------------------------------------------
 
-_BASE_VALIDATOR = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
+
+def _finite_number(checker: Any, instance: Any) -> bool:
+    """JSON Schema's number, less YAML's `.nan` and `.inf`: NaN passes every
+    bound (`timeout: .nan` would be no timeout at all)."""
+    return jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number") and (
+        not isinstance(instance, float) or math.isfinite(instance)
+    )
+
+
+# The config's validator, and that of every action's `with:`.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number),
+)
+_BASE_VALIDATOR = _Validator(CONFIG_SCHEMA)
 
 _HOST = re.compile(r"[A-Za-z0-9._-]+")
 # Event fields that hold numbers (see recflow.event.Event).
@@ -884,7 +899,7 @@ def _action_validator(spec: ActionSpec) -> Any:
                 f"action {spec.name!r} of plugin {spec.plugin or '?'} has an invalid"
                 f" schema: {exc.message}"
             ) from None
-        _VALIDATORS[key] = jsonschema.Draft202012Validator(spec.schema)
+        _VALIDATORS[key] = _Validator(spec.schema)
     return _VALIDATORS[key]
 
 

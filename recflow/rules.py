@@ -641,7 +641,7 @@ def _test(op: str, operand: typing.Any, path: str) -> tuple[Callable[[typing.Any
 def _scalar(operand: typing.Any, path: str) -> typing.Any:
     if operand is None:
         raise ConfigError("found null; to match an unknown value write {exists: false}", path=path)
-    if isinstance(operand, (str, int, float, bool)):
+    if isinstance(operand, (str, bool)) or _is_number(operand):
         return operand
     raise ConfigError(
         f"found {describe(operand)}; expected a string, a number or true/false", path=path
@@ -673,7 +673,11 @@ def _known(value: typing.Any) -> bool:
 
 
 def _is_number(value: typing.Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A number a rule may compare with: YAML's `.nan` and `.inf` are not
+    (a bound of `.nan` would match nothing, silently)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _number(value: typing.Any) -> float | None:
@@ -717,6 +721,9 @@ def describe(value: typing.Any) -> str:
         return "a list" if value else "an empty list"
     if isinstance(value, str):
         return f"the string {_show(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        written = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+        return f"{written}, not a finite number"
     if _is_number(value):
         return f"the number {value}"
     return type(value).__name__

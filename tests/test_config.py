@@ -331,6 +331,27 @@ rules:
         id="zero-timeout",
     ),
     pytest.param(
+        PROVIDER + "rules:\n  - name: a\n    steps:\n      - action: delete\n"
+        "        timeout: .nan  # <-\n",
+        "rules[0].steps[0].timeout",
+        "found .nan, not a finite number; expected a number",
+        id="nan-timeout",
+    ),
+    pytest.param(
+        PROVIDER + "rules:\n  - name: a\n    steps:\n      - action: delete\n"
+        "        retry: {backoff: .inf}  # <-\n",
+        "rules[0].steps[0].retry.backoff",
+        "found .inf, not a finite number; expected a number",
+        id="infinite-backoff",
+    ),
+    pytest.param(
+        PROVIDER + "rules:\n  - name: a\n    when:\n      duration: {gte: .nan}  # <-\n"
+        "    steps: [{action: delete}]\n",
+        "rules[0].when.duration.gte",
+        "found .nan, not a finite number; expected a number",
+        id="nan-bound",
+    ),
+    pytest.param(
         PROVIDER + "rules:\n  - name: a\n    when: {}  # <-\n    steps: [{action: notify}]\n",
         "rules[0].when",
         "empty condition",

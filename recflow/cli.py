@@ -499,7 +499,11 @@ def events(
 def _event_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An event id as typed: ids are lowercase hex, so capitals and spaces
     pasted around it still find the event."""
-    return value.strip().lower() if value is not None else None
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("give an event id, or the first characters of one")
+    return value.strip().lower()
 
 
 @events.command("show")
@@ -595,11 +599,15 @@ def _callback_url(ctx: click.Context, param: click.Parameter, value: str | None)
 
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not one
+        port = parts.port
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is not a URL: {exc}") from None
+    if any(c.isspace() for c in value):
+        raise click.BadParameter(f"{value!r} is not a URL: it has a space in it")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(f"{value!r}: give an http:// or https:// URL with a host")
+    if port == 0:
+        raise click.BadParameter(f"{value!r}: port 0 is not a port a server listens on")
     return value
 
 

@@ -189,9 +189,12 @@ class SqliteJournal(Journal):
         probe = sqlite3.connect(self.path, timeout=turn)
         try:
             (version,) = probe.execute("pragma user_version").fetchone()
+            earlier = _has_version_0_steps(probe)
         finally:
             probe.close()
         _refuse_later(version, self.path)
+        if earlier and not upgrade:
+            _refuse_earlier(self.path)
 
         started = time.monotonic()
         conn = self._conn()
@@ -611,14 +614,9 @@ def _create_or_upgrade(conn: sqlite3.Connection, path: str, upgrade: bool) -> bo
     """
     (version,) = conn.execute("pragma user_version").fetchone()
     _refuse_later(version, path)
-    columns = {row[1] for row in conn.execute("pragma table_info(journal_steps)")}
-    earlier = "event_id" in columns
+    earlier = _has_version_0_steps(conn)
     if earlier and not upgrade:
-        raise BackendError(
-            f"the journal {path} has the tables of an earlier recflow (schema version 0):"
-            " `recflow serve` or `recflow worker` of this release upgrades them when it"
-            " starts (docs/deploying.md: Upgrading recflow)"
-        )
+        _refuse_earlier(path)
     if earlier:
         logger.warning("journal %s: upgrading its tables to schema version %d", path, _VERSION)
         for statement in _FROM_VERSION_0:
@@ -636,10 +634,26 @@ def _create_or_upgrade(conn: sqlite3.Connection, path: str, upgrade: bool) -> bo
     else:
         for statement in _SCHEMA:
             conn.execute(statement)
-    # Written on every opening: a file that cannot be written (read-only,
-    # immutable) is refused now, not at the first callback, which would get 503.
-    conn.execute(f"pragma user_version = {_VERSION}")
+    if upgrade or version != _VERSION:
+        # Written on every opening by serve and worker: a file they cannot
+        # write (read-only, immutable) is refused now, not at the first
+        # callback, which would get 503. The commands that only look do not
+        # write it, and can read a file they cannot write.
+        conn.execute(f"pragma user_version = {_VERSION}")
     return earlier
+
+
+def _has_version_0_steps(conn: sqlite3.Connection) -> bool:
+    columns = {row[1] for row in conn.execute("pragma table_info(journal_steps)")}
+    return "event_id" in columns
+
+
+def _refuse_earlier(path: str) -> None:
+    raise BackendError(
+        f"the journal {path} has the tables of an earlier recflow (schema version 0):"
+        " `recflow serve` or `recflow worker` of this release upgrades them when it"
+        " starts (docs/deploying.md: Upgrading recflow)"
+    )
 
 
 def _refuse_later(version: int, path: str) -> None:

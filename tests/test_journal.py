@@ -275,6 +275,10 @@ def test_events_table_and_show(cli_config):
     assert code == 1
     assert "no event with id 'nope'" in missing
 
+    code, empty = _cli("events", "-c", str(cli_config), "show", " ")
+    assert code == 2
+    assert "give an event id, or the first characters of one" in empty
+
 
 def test_retry_command_requeues_failed_steps(cli_config, tmp_path):
     event_id = _fail_one(cli_config)
@@ -437,6 +441,7 @@ def test_commands_that_read_the_journal_refuse_an_earlier_file_and_leave_it(cli_
         assert conn.execute("pragma user_version").fetchone() == (0,)
         columns = {row[1] for row in conn.execute("pragma table_info(journal_steps)")}
         assert "event_id" in columns
+        assert conn.execute("pragma journal_mode").fetchone() == ("delete",), "switched to WAL"
 
 
 def test_processes_opening_an_earlier_file_at_once_upgrade_it_once(tmp_path):
@@ -507,13 +512,19 @@ def test_a_file_that_cannot_be_written_is_refused_when_opened_not_at_the_first_c
     tmp_path,
 ):
     db = tmp_path / "recflow.db"
-    SqliteJournal(str(db)).close()
+    journal = SqliteJournal(str(db))
+    event_id = _record(journal)
+    journal.close()
     # Immutable: refused even to root, as a read-only mount or file would be to a user.
     if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here (needs root and a file system with it)")
     try:
         with pytest.raises(BackendError) as refused:
             SqliteJournal(str(db))
+        # What `recflow events` opens: it only looks, and may.
+        looking = SqliteJournal(str(db), upgrade=False)
+        assert [e["id"] for e in looking.list_events(10)] == [event_id]
+        looking.close()
     finally:
         subprocess.run(["chattr", "-i", str(db)], check=True)
 

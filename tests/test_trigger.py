@@ -205,6 +205,9 @@ def test_trigger_reports_an_unreachable_server(tmp_path: Path) -> None:
         pytest.param("http://[::1", "is not a URL", id="unclosed-ipv6"),
         pytest.param("ftp://127.0.0.1/r", "give an http:// or https:// URL", id="ftp"),
         pytest.param("127.0.0.1:8080/r", "give an http:// or https:// URL", id="no-scheme"),
+        pytest.param(" http://127.0.0.1:8080/r", "has a space in it", id="leading-space"),
+        pytest.param("http://exa mple.com/r", "has a space in it", id="space-in-host"),
+        pytest.param("http://127.0.0.1:0/r", "port 0", id="port-0"),
     ],
 )
 def test_trigger_refuses_a_url_it_cannot_post_to_in_one_line(

@@ -185,11 +185,13 @@ class SqliteJournal(Journal):
     def _open_once(self, upgrade: bool) -> None:
         turn = min(OPEN_TURN, self._busy_timeout)
         # The schema version first, read without changing the file: a file
-        # of a later recflow is refused before anything switches it to WAL.
+        # of a later recflow, or of another application, is refused before
+        # anything switches it to WAL.
         probe = sqlite3.connect(self.path, timeout=turn)
         try:
             (version,) = probe.execute("pragma user_version").fetchone()
             earlier = _has_version_0_steps(probe)
+            _refuse_foreign(probe, self.path)
         finally:
             probe.close()
         _refuse_later(version, self.path)
@@ -641,6 +643,27 @@ def _create_or_upgrade(conn: sqlite3.Connection, path: str, upgrade: bool) -> bo
         # write it, and can read a file they cannot write.
         conn.execute(f"pragma user_version = {_VERSION}")
     return earlier
+
+
+# The tables Huey's SQLite storage makes beside ours (huey/storage.py).
+_HUEY_TABLES = frozenset({"kv", "schedule", "task", "counter"})
+
+
+def _refuse_foreign(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a file of another application's, rather than add our tables to
+    it: a `backend:` pointing at the wrong database is a mistake to report."""
+    tables = {
+        name
+        for (name,) in conn.execute("select name from sqlite_master where type = 'table'")
+        if not name.startswith("sqlite_")
+    }
+    foreign = sorted(tables - _HUEY_TABLES)
+    if "journal_events" not in tables and foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise BackendError(
+            f"the file {path} holds tables that are not recflow's ({shown}):"
+            " point backend: at a file of recflow's own"
+        )
 
 
 def _has_version_0_steps(conn: sqlite3.Connection) -> bool:

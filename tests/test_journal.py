@@ -545,6 +545,21 @@ def test_an_error_that_ended_a_transaction_is_the_one_reported(tmp_path):
     journal.close()
 
 
+def test_another_applications_database_is_refused_not_taken_over(tmp_path):
+    db = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("create table customers (id integer primary key, name text)")
+        conn.commit()
+
+    with pytest.raises(BackendError, match="holds tables that are not recflow's"):
+        SqliteJournal(str(db))
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        tables = [row[0] for row in conn.execute("select name from sqlite_master")]
+        assert conn.execute("pragma journal_mode").fetchone() == ("delete",), "switched to WAL"
+    assert tables == ["customers"]
+
+
 def test_a_file_of_a_later_schema_is_refused_not_written(tmp_path):
     db = tmp_path / "recflow.db"
     SqliteJournal(str(db)).close()

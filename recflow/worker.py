@@ -111,7 +111,7 @@ class StepRunner:
         if claim is None:
             logger.debug("task for %s/%s/%d dropped: not due", *key)
             return None
-        _, _, step = self._resolve(claim)
+        _, step = self._rule_and_step(key)
         timeout = step.timeout if step is not None else StepConfig.timeout
         run = _Run(claim, time.monotonic() + timeout, threading.current_thread())
         with self._lock:
@@ -195,10 +195,12 @@ class StepRunner:
 
     def _resolve(self, claim: Claim) -> tuple[Event, RuleConfig | None, StepConfig | None]:
         """The claimed step's event, and its rule and step in this config (if any)."""
-        key = claim.key
+        return Event.from_dict(claim.event), *self._rule_and_step(claim.key)
+
+    def _rule_and_step(self, key: StepKey) -> tuple[RuleConfig | None, StepConfig | None]:
         rule = self.config.rule(key.rule)
         step = rule.steps[key.step_index] if rule and key.step_index < len(rule.steps) else None
-        return Event.from_dict(claim.event), rule, step
+        return rule, step
 
     def _run_claimed(self, run: _Run) -> str:
         claim = run.claim

@@ -217,8 +217,13 @@ class StepRunner:
             return self._fail(run, event, rule, step, str(exc), exc.permanent)
         except _Permanent as exc:
             return self._fail(run, event, rule, step, str(exc), permanent=True)
-        except Exception as exc:  # an action may raise anything; the step fails
-            error = f"{type(exc).__name__}: {exc}"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            # An action may raise anything, asyncio's CancelledError and
+            # SystemExit included: the attempt fails, and the thread goes on
+            # to the next step rather than end and leave the pool short.
+            error = f"{type(exc).__name__}: {exc}".rstrip(": ")
             return self._fail(run, event, rule, step, error, permanent=False)
 
         outputs = self.redactor.mask_obj(outputs)
@@ -362,6 +367,13 @@ class WorkerPool:
         thread.start()
         self._threads.append(thread)
 
+    def alive(self) -> int:
+        """This pool's worker threads alive now, stuck ones included."""
+        return sum(
+            thread.is_alive() and thread.name.startswith("recflow-worker-")
+            for thread in self._threads
+        )
+
     def stop(self, timeout: float = 30.0) -> bool:
         """Let running steps finish, at most `timeout` s; True if all did.
 
@@ -418,7 +430,9 @@ class WorkerPool:
                 # The journal said nothing was claimed, or the outcome could not
                 # be recorded: the lease runs out and recovery runs it again.
                 logger.warning("step %s/%s/%d: %s", *key, exc)
-            except Exception:
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
                 logger.exception("step %s/%s/%d: unexpected error in the worker", *key)
             if self.runner.replaced():
                 return  # stuck past a timeout, another thread took this one's place

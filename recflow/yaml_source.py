@@ -232,7 +232,6 @@ class YamlReader:
         found = expand(text, self.env)
         for problem in found.problems:
             self._error(problem, path, node.start_mark.line + 1)
-        self.env_values.update(found.values)
         result = found.text
         # A plain (unquoted) `workers: ${WORKERS}` should be a number, as if
         # written in place; quoted strings and credentials stay strings.
@@ -240,7 +239,12 @@ class YamlReader:
         plain = not getattr(node, "style", None)
         if plain and found.whole and not path.startswith("providers"):
             tag = loader.resolve(yaml.ScalarNode, result, (True, False))
-            return loader.construct_object(yaml.ScalarNode(tag, result), deep=True)
+            value = loader.construct_object(yaml.ScalarNode(tag, result), deep=True)
+            if not isinstance(value, str):
+                # A number or true/false is no secret: masking it would blank
+                # every "4" in the logs for `workers: ${WORKERS:-4}`.
+                return value
+        self.env_values.update(found.values)
         return result
 
     def _error(self, message: str, path: str, line: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
@@ -85,10 +86,6 @@ class Hang:
         return {"attempt": ctx.attempt}
 
 
-def _worker_threads() -> int:
-    return sum(t.name.startswith("recflow-worker-") for t in threading.enumerate())
-
-
 def test_a_step_past_its_timeout_is_failed_retried_and_its_thread_replaced(
     tmp_path, run_rules, caplog
 ):
@@ -101,7 +98,6 @@ def test_a_step_past_its_timeout_is_failed_retried_and_its_thread_replaced(
         ),
     )
     hang = Hang()
-    before = _worker_threads()
 
     caplog.set_level("WARNING", logger="recflow.worker")
     try:
@@ -115,12 +111,12 @@ def test_a_step_past_its_timeout_is_failed_retried_and_its_thread_replaced(
         ]
         assert any("step timed out" in m and "replaced" in m for m in caplog.messages)
         # The stuck thread still runs; a new one took its place.
-        assert _worker_threads() == before + 3
+        assert runtime.workers.alive() == 3
     finally:
         hang.release.set()
 
     # Once its action returns, the stuck attempt's outcome is refused and its thread ends.
-    wait_for(lambda: _worker_threads() == before + 2, what="the stuck thread to end")
+    wait_for(lambda: runtime.workers.alive() == 2, what="the stuck thread to end")
     assert any("it had timed out; its outcome is not recorded" in m for m in caplog.messages)
     steps = runtime.journal.get_event(event.id)["steps"]
     assert [(s["state"], s["attempts"], s["outputs"]) for s in steps[:1]] == [
@@ -177,6 +173,45 @@ def test_a_timed_out_attempt_returning_during_a_retry_of_the_same_number_is_not_
             release.set()
 
     assert [(s["state"], s["attempts"], s["outputs"]) for s in steps] == [("done", 1, {"call": 1})]
+
+
+class RaiseOnce:
+    """A plugin whose action `t_raise_once` raises `error` on its first call."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.calls = 0
+
+    @hookimpl
+    def register_actions(self, register):
+        register(ActionSpec(name="t_raise_once", run=self.run, description="raises once"))
+
+    def run(self, params, ctx):
+        self.calls += 1
+        if self.calls == 1:
+            raise self.error
+        return {"call": self.calls}
+
+
+@pytest.mark.parametrize(
+    ("error", "recorded"),
+    [
+        pytest.param(asyncio.CancelledError(), "CancelledError", id="cancelled"),
+        pytest.param(SystemExit(3), "SystemExit: 3", id="system-exit"),
+    ],
+)
+def test_an_action_raising_a_base_exception_fails_its_attempt_not_its_thread(
+    tmp_path, run_rules, error, recorded
+):
+
+    runtime, event, steps = run_rules(
+        (rule("r", step("t_raise_once", attempts=3)),), plugin_host(RaiseOnce(error))
+    )
+
+    assert [(s["state"], s["attempts"], s["outputs"]) for s in steps] == [("done", 2, {"call": 2})]
+    runs = runtime.journal.get_event(event.id)["steps"][0]["runs"]
+    assert [(r["outcome"], r["error"]) for r in runs] == [("error", recorded), ("done", None)]
+    assert runtime.workers.alive() == 2, "a worker thread ended"
 
 
 def test_steps_run_in_order_and_later_steps_read_earlier_outputs(tmp_path, run_rules):

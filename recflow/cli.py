@@ -501,9 +501,10 @@ def _event_id(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     pasted around it still find the event."""
     if value is None:
         return None
-    if not value.strip():
+    typed = value.strip().lower()
+    if not typed:
         raise click.BadParameter("give an event id, or the first characters of one")
-    return value.strip().lower()
+    return typed
 
 
 @events.command("show")

@@ -199,10 +199,10 @@ class SqliteJournal(Journal):
             _refuse_earlier(self.path)
 
         started = time.monotonic()
-        conn = self._conn()
+        conn = self._conn()  # the connection `_write` uses, in a turn's busy wait
         conn.execute(f"pragma busy_timeout = {int(turn * 1000)}")
         try:
-            with self._write() as conn:
+            with self._write():
                 upgraded = _create_or_upgrade(conn, self.path, upgrade)
         finally:
             conn.execute(f"pragma busy_timeout = {int(self._busy_timeout * 1000)}")
@@ -494,9 +494,9 @@ class SqliteJournal(Journal):
                 (now - grace,),
             )
         ]
+        columns = "e.id, s.rule, s.idx, s.lease_until, s.owner"
         running = self._read(
-            f"select e.id, s.rule, s.idx, s.lease_until, s.owner from {_STEPS_WITH_IDS}"  # noqa: S608
-            " where s.state = 'running'"
+            f"select {columns} from {_STEPS_WITH_IDS} where s.state = 'running'"  # noqa: S608
         )
         dead = [row for row in running if row[3] > now and owner.knows_dead(row[4] or "")]
         if dead:
@@ -612,7 +612,9 @@ def _create_or_upgrade(conn: sqlite3.Connection, path: str, upgrade: bool) -> bo
     Runs in a write transaction: of several processes opening one file at
     once, the first upgrades it and the others find it done. A file made
     by a later recflow is refused rather than written in a shape it does
-    not expect.
+    not expect. The probe in `_open_once` checked the same before the
+    transaction; checked again here, in it, for whatever another process
+    did to the file in between.
     """
     (version,) = conn.execute("pragma user_version").fetchone()
     _refuse_later(version, path)

@@ -89,11 +89,12 @@ class StepRunner:
         self.owner = owner
         self.lease = lease
         self.redactor = Redactor(config.secrets)
-        # The attempts this process is running, and the threads stuck in
-        # attempts failed by their timeout, replaced, to end when free.
+        # The attempts this process is running, timed-out ones included
+        # until their threads are free.
         self._runs: set[_Run] = set()
-        self._replaced: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        # Per thread: whether its last attempt timed out (`replaced`).
+        self._local = threading.local()
 
     def running(self) -> list[StepKey]:
         """The steps this process is running now, within their timeouts
@@ -107,6 +108,7 @@ class StepRunner:
         Returns the outcome (`done`, `retry`, `failed`, `lost`), or None when
         the task was dropped because the step was not this worker's to run.
         """
+        self._local.timed_out = False
         claim = self.journal.claim(key, self.owner, self.lease, time.time())
         if claim is None:
             logger.debug("task for %s/%s/%d dropped: not due", *key)
@@ -121,18 +123,17 @@ class StepRunner:
         finally:
             with self._lock:
                 self._runs.discard(run)
+            self._local.timed_out = run.timed_out
 
-    def replaced(self, thread: threading.Thread | None = None) -> bool:
-        """Whether `thread` (the calling one by default) was replaced while
-        stuck past a timeout (`time_out`); the calling thread then ends."""
+    def replaced(self) -> bool:
+        """Whether the calling thread's last attempt timed out: another thread
+        took its place (`time_out`), and this one is to end."""
+        return bool(getattr(self._local, "timed_out", False))
+
+    def stuck_threads(self) -> set[threading.Thread]:
+        """The threads still in attempts that timed out, replaced already."""
         with self._lock:
-            if thread is not None:
-                return thread in self._replaced
-            thread = threading.current_thread()
-            if thread in self._replaced:
-                self._replaced.discard(thread)
-                return True
-            return False
+            return {run.thread for run in self._runs if run.timed_out}
 
     def time_out(self) -> int:
         """Fail the attempts that have run past their step's timeout; how many.
@@ -152,8 +153,6 @@ class StepRunner:
                 if run.recorded:
                     continue
                 run.timed_out = True
-                with self._lock:
-                    self._replaced.add(run.thread)
                 timed_out += 1
                 self._record_timeout(run)
         return timed_out
@@ -383,10 +382,11 @@ class WorkerPool:
         self._stop.set()
         self.queue.wakeup.set()
         deadline = time.monotonic() + timeout
+        # A thread stuck in an attempt already failed by its timeout has
+        # nothing left to record: not waited for.
+        stuck = self.runner.stuck_threads()
         for thread in self._threads:
-            # A thread stuck in an attempt already failed by its timeout has
-            # nothing left to record: not waited for.
-            if not self.runner.replaced(thread):
+            if thread not in stuck:
                 thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = self.runner.running()
         if unfinished:

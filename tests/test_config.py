@@ -225,6 +225,9 @@ rules:
     assert store.line == text.splitlines().index("      - id: archive") + 1
 
 
+# A rule of one `delete` step, for a key of that step to follow.
+ONE_STEP = PROVIDER + "rules:\n  - name: a\n    steps:\n      - action: delete\n"
+
 ERRORS = [
     pytest.param(
         PROVIDER + "backend: sqlite:////etc/passwd/recflow.db  # <-\n",
@@ -321,28 +324,19 @@ rules:
         id="unknown-key-in-step",
     ),
     pytest.param(
-        PROVIDER
-        + """\
-rules:
-  - name: a
-    steps:
-      - action: delete
-        timeout: 0  # <-
-""",
+        ONE_STEP + "        timeout: 0  # <-\n",
         "rules[0].steps[0].timeout",
         "0",
         id="zero-timeout",
     ),
     pytest.param(
-        PROVIDER + "rules:\n  - name: a\n    steps:\n      - action: delete\n"
-        "        timeout: .nan  # <-\n",
+        ONE_STEP + "        timeout: .nan  # <-\n",
         "rules[0].steps[0].timeout",
         "found .nan, not a finite number; expected a number",
         id="nan-timeout",
     ),
     pytest.param(
-        PROVIDER + "rules:\n  - name: a\n    steps:\n      - action: delete\n"
-        "        retry: {backoff: .inf}  # <-\n",
+        ONE_STEP + "        retry: {backoff: .inf}  # <-\n",
         "rules[0].steps[0].retry.backoff",
         "found .inf, not a finite number; expected a number",
         id="infinite-backoff",

@@ -612,6 +612,13 @@ def _callback_url(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A number of seconds, not `nan`, which every range check lets through."""
+    if value != value:
+        raise click.BadParameter("nan is not a number of seconds")
+    return value
+
+
 @cli.command()
 @config_option
 @click.argument("status", type=click.Choice(["completed", "in-progress", "absent", "failed"]))
@@ -620,7 +627,8 @@ def _callback_url(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--url", default=None, callback=_callback_url,
               help="callback URL (default: server.listen + server.path)")  # fmt: skip
 @click.option("--provider", "provider_name", default=None, help="provider name (default: first)")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=1, max=86400), default=60,
+              show_default=True, callback=_finite,
               help="seconds to keep serving the media")  # fmt: skip
 def trigger(
     config_file: str | None,

@@ -177,15 +177,15 @@ def test_trigger_against_a_running_server(tmp_path: Path) -> None:
         assert reader.getnframes() / reader.getframerate() == pytest.approx(2, abs=0.01)
 
 
-def _trigger_absent(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
-    """`recflow trigger absent --url URL` in a process of its own."""
+def _trigger_absent(tmp_path: Path, url: str, *more: str) -> subprocess.CompletedProcess[str]:
+    """`recflow trigger absent --url URL [MORE...]` in a process of its own."""
     config_file = tmp_path / "config.yaml"
     config_file.write_text(
         CONFIG.format(account=ACCOUNT, token=TOKEN, key=KEY, media_port=free_port())
     )
     return subprocess.run(
         [sys.executable, "-c", "from recflow.cli import main; main()", "trigger", "absent",
-         "--url", url, "-c", str(config_file)],
+         "--url", url, "-c", str(config_file), *more],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -195,6 +195,24 @@ def test_trigger_reports_an_unreachable_server(tmp_path: Path) -> None:
 
     assert done.returncode == 1
     assert "is recflow serve running?" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("timeout", "says"),
+    [
+        pytest.param("nan", "nan is not a number of seconds", id="nan"),
+        pytest.param("inf", "is not in the range", id="inf"),
+    ],
+)
+def test_trigger_refuses_a_timeout_that_is_no_number_of_seconds(
+    tmp_path: Path, timeout: str, says: str
+) -> None:
+    done = _trigger_absent(tmp_path, "http://127.0.0.1:9/recordings", "--timeout", timeout)
+
+    assert done.returncode == 2
+    assert "Invalid value for '--timeout'" in done.stderr
+    assert says in done.stderr
     assert "Traceback" not in done.stderr
 
 
